@@ -1,0 +1,239 @@
+"""Configuration: one TOML file, overridable from the environment (interface.md §1).
+
+Where the file is: `--config PATH`, else `$MCSYNC_CONFIG`, else `./mcsync.toml`.
+Precedence: environment (`MCSYNC_<SECTION>__<KEY>`, e.g. `MCSYNC_TARGETS__EDUBADGES__CLIENT_SECRET`)
+over the file. A secret may be given as `<key>_file = "/path"` (systemd `LoadCredential=`: a relative
+path is looked up in `$CREDENTIALS_DIRECTORY` first). Relative paths are resolved against the config
+file's folder. Errors name the key and the file. Secrets are `SecretStr` everywhere: printing a
+settings object never shows them.
+
+The core validates its own sections; each adapter's `options` and each target's table are validated
+by that plugin's own model (`plugin_settings`) once the plugin is loaded, so plugins need no change
+here (a closed union of plugin configs would block third-party plugins).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from . import log
+from .errors import ConfigError
+from .record import Issuer
+
+DEFAULT_CONFIG = "mcsync.toml"
+M = TypeVar("M", bound=BaseModel)
+
+
+class InstitutionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    country: str = Field(default="NL", pattern=r"^[A-Z]{2}$")
+    brin: str = Field(pattern=r"^[0-9]{2}[A-Z]{2}$")
+    oin: str | None = Field(default=None, pattern=r"^[0-9A-Z]{20}$")
+    onderwijsaanbiedercode: str | None = Field(default=None, pattern=r"^\d{3}A\d{3}$")
+    eppn_template: str | None = Field(default=None, description="e.g. '{student_number}@student.hz.nl'")
+
+    @field_validator("eppn_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            value.format(student_number="s1", given_name="g", family_name="f", email="e@x.nl")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"uses an unknown placeholder {exc}; use {{student_number}}") from None
+        return value
+
+    def issuer(self) -> Issuer:
+        return Issuer(name=self.name, country=self.country, brin=self.brin, oin=self.oin,
+                      onderwijsaanbiedercode=self.onderwijsaanbiedercode)
+
+
+class StateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Path("mcsync.db")
+
+
+class SourceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    adapter: str
+    mapping: Path
+    enabled: bool = True
+    options: dict[str, Any] = {}
+
+
+class LearnersSettings(BaseModel):
+    """A `[[learners]]` entry; options may sit in `options` or directly in the table."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adapter: str = "learners-csv"
+    name: str = "learners"
+    options: dict[str, Any] = {}
+
+    def all_options(self) -> dict[str, Any]:
+        return {**(self.model_extra or {}), **self.options}
+
+
+class GuardSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_withdraw_share: float = Field(
+        default=0.2, ge=0, le=1,
+        description="refuse to withdraw more than this share of a target's delivered items in one run")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MCSYNC_", env_nested_delimiter="__", extra="forbid",
+                                      case_sensitive=False)
+
+    institution: InstitutionSettings
+    state: StateSettings = StateSettings()
+    learners: list[LearnersSettings] = []
+    sources: list[SourceSettings] = []
+    targets: dict[str, dict[str, Any]] = {}
+    guard: GuardSettings = GuardSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # the environment overrides the file
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceSettings]) -> list[SourceSettings]:
+        names = [s.name for s in sources]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source names must be unique; used twice: {', '.join(twice)}")
+        return sources
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration and where it came from."""
+
+    settings: Settings
+    path: Path
+    base_dir: Path
+
+    def resolve(self, path: Path | str) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve(self.settings.state.path)
+
+    def target_table(self, name: str) -> dict[str, Any] | None:
+        return self.settings.targets.get(name)
+
+    def enabled_targets(self) -> list[str]:
+        return [name for name, table in self.settings.targets.items()
+                if str(table.get("enabled", True)).lower() not in ("false", "0", "no")]
+
+
+def find_config(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MCSYNC_CONFIG"):
+        return Path(os.environ["MCSYNC_CONFIG"])
+    return Path(DEFAULT_CONFIG)
+
+
+def load_config(path: Path) -> Config:
+    """Read, merge with the environment, and validate. ConfigError names key and file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", file=str(path),
+                          hint="pass --config FILE, set MCSYNC_CONFIG, or start from config.example.toml") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(exc), file=str(path)) from None
+    return Config(settings=settings, path=path, base_dir=path.resolve().parent)
+
+
+def describe_validation(exc: ValidationError, prefix: str = "") -> str:
+    """'targets.edubadges.client_secret: Field required; ...' — values are never echoed (secrets)."""
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
+        parts.append(f"{key}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(arg is SecretStr for arg in typing.get_args(annotation))
+    return False
+
+
+def _read_secret_file(value: str, base_dir: Path, key: str, file: Path) -> str:
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else []
+    if not path.is_absolute():
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / path)
+        candidates.append(base_dir / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+    raise ConfigError(f"secret file {value!r} not found", file=str(file), key=key)
+
+
+def plugin_settings(model: type[M], raw: dict[str, Any], *, config: Config, key: str) -> M:
+    """Validate a plugin's table with its own model: `<secret>_file` read, relative paths resolved."""
+    data = dict(raw)
+    for name, field in model.model_fields.items():
+        file_key = f"{name}_file"
+        if _is_secret(field.annotation) and file_key in data and file_key not in model.model_fields:
+            data[name] = _read_secret_file(str(data.pop(file_key)), config.base_dir, f"{key}.{file_key}",
+                                           config.path)
+    try:
+        settings = model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(exc, key), file=str(config.path)) from None
+    updates = {}
+    for name, field in model.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            updates[name] = config.resolve(value)
+    for secret in secret_values(settings):
+        log.register_secret(secret)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every SecretStr value inside a settings object (for the log redaction filter)."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            if value.get_secret_value():
+                found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            found.extend(secret_values(value))
+    return found

@@ -1,0 +1,498 @@
+"""The sync algorithm: read → map → plan → deliver → record.
+
+One run, in order:
+
+1. **Learner directory.** Each `[[learners]]` adapter is streamed into the store's learner table
+   (batched). Results are joined to it by student number; the directory is authoritative for
+   personal data (names, BSN, date of birth), the export fills the gaps.
+
+2. **Read and map, source by source.** Each source's adapter streams raw rows; each row is mapped
+   (`mcsync.mapping.to_record`) to a canonical record, an input problem, or nothing (no result yet).
+   A source whose mapping or options are broken is reported as a problem and skipped; the other
+   sources go on. Rows are handled in batches of `BATCH` so memory stays flat whatever the export size.
+   *One learner, one microcredential, one record*: when two rows (files, sources) give the same
+   record_id in one run, the latest result date wins; on the same date fraud beats passed beats the
+   rest. Input problems of a source replace that source's previous ones (fixed rows disappear).
+
+3. **Plan.** A record is compared with the store by two hashes: its content hash (the record
+   without provenance) and its plan hash (content + the enabled targets' settings). Unchanged
+   records are only marked seen: no target is asked anything, so an unchanged run makes no write
+   calls. For a changed record each enabled target computes its desired payload hash
+   (`Target.desired`), and the store's outbox row for (target, key) is updated (`set_desired`):
+   a changed desired hash re-queues the row; a row that is under way keeps its state, and the
+   target settles it first. Catalogue targets (RIO) plan per microcredential definition in the
+   mapping files instead of per record.
+
+4. **Deliver.** Targets run in dependency order (RIO before the DUO register, which needs RIO's
+   unit codes). Each target gets its due work (pending, in_flight, submitted) in chunks with the
+   latest records, and records every step through its ledger (see mcsync.targets.base for the
+   crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
+   its work queued; an unexpected error in a target is logged and leaves its items as they are
+   (in_flight ones are reconciled on the next run).
+
+5. **Report.** A summary (read, mapped, unchanged, problems, per-target outcomes) goes to the log
+   and the runs table. Exit code: 1 when something needs a person (parked deliveries, input
+   problems), else 75 when a target was unavailable, else 0.
+
+`--dry-run` does steps 1–3 inside a transaction that is rolled back, and reports what step 4 would
+send; no remote system is contacted and the state is left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import httpx
+
+from . import plugins
+from .adapter import Adapter, AdapterContext, LearnerRow, RawResult
+from .config import Config, SourceSettings, plugin_settings
+from .errors import ConfigError, DeliveryError, InputProblem, Location, TargetUnavailable
+from .mapping import Mapping, load_mapping, to_record
+from .record import Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, stable_hash
+from .state.store import Problem, StateStore
+from .targets.base import RemoteRef, Target, TargetContext, WorkItem, catalogue_key
+
+log = logging.getLogger("mcsync.engine")
+
+BATCH = 1000
+DELIVERY_CHUNK = 2000
+
+EXIT_OK = 0
+EXIT_NEEDS_PERSON = 1
+EXIT_UNAVAILABLE = 75
+
+#: On the same result date, which status a duplicate row keeps (higher wins).
+_STATUS_RANK = {ResultStatus.FRAUD: 4, ResultStatus.PASSED: 3, ResultStatus.EXEMPT: 2,
+                ResultStatus.FAILED: 1, ResultStatus.ABSENT: 0}
+
+
+@dataclass
+class TargetReport:
+    planned: int = 0          # outbox rows whose desired content changed in this run
+    confirmed: int = 0
+    withdrawn: int = 0
+    submitted: int = 0
+    deferred: int = 0
+    parked: int = 0
+    in_flight: int = 0        # items left with an unknown outcome (reconciled next run)
+    unavailable: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: str = ""
+    dry_run: bool = False
+    read: int = 0             # rows the adapters yielded
+    mapped: int = 0           # records made from them
+    no_result: int = 0        # rows without a result yet, or of ignored courses
+    superseded: int = 0       # duplicate rows that lost to a later result for the same record
+    unchanged: int = 0
+    changed: int = 0
+    problems: int = 0
+    learners: int = 0
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    targets: dict[str, TargetReport] = field(default_factory=dict)
+    exit_code: int = EXIT_OK
+    started_at: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "dry_run": self.dry_run, "read": self.read, "mapped": self.mapped,
+            "no_result": self.no_result, "superseded": self.superseded, "unchanged": self.unchanged,
+            "changed": self.changed, "problems": self.problems, "learners": self.learners,
+            "sources": self.sources,
+            "targets": {name: {k: v for k, v in vars(t).items() if v not in (None,)}
+                        for name, t in self.targets.items()},
+            "exit_code": self.exit_code, "seconds": round(time.monotonic() - self.started_at, 3)}
+
+
+TransportFactory = Callable[[str], httpx.AsyncBaseTransport | None]
+
+
+class CountingLedger:
+    """Wraps a target's ledger to count outcomes for the run report."""
+
+    def __init__(self, inner: Any, report: TargetReport) -> None:
+        self._inner = inner
+        self._report = report
+        self.target = inner.target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def confirm(self, key: str, *, delivered_hash: str | None, remote: RemoteRef, note: str | None = None) -> None:
+        self._inner.confirm(key, delivered_hash=delivered_hash, remote=remote, note=note)
+        if delivered_hash is None:
+            self._report.withdrawn += 1
+        else:
+            self._report.confirmed += 1
+
+    def submitted(self, key: str, *, remote: RemoteRef, note: str | None = None) -> None:
+        self._inner.submitted(key, remote=remote, note=note)
+        self._report.submitted += 1
+
+    def defer(self, key: str, *, reason: str, retry_after: float | None = None,
+              remote: RemoteRef | None = None) -> None:
+        self._inner.defer(key, reason=reason, retry_after=retry_after, remote=remote)
+        self._report.deferred += 1
+
+    def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
+        self._inner.park(key, error=error, remote=remote)
+        self._report.parked += 1
+        log.warning("parked for a person", extra={"target": self.target, "record_id": key,
+                                                  "event": "parked", "reason": error.message})
+
+
+class Engine:
+    """One institution's sync. Construct per run; `run()` does the whole algorithm above."""
+
+    def __init__(self, config: Config, store: StateStore, *,
+                 transports: TransportFactory | None = None, sleep: Any = None,
+                 today: Callable[[], date] = date.today) -> None:
+        self.config = config
+        self.store = store
+        self.issuer = config.settings.institution.issuer()
+        self.transports = transports or (lambda name: None)
+        self.sleep = sleep
+        self.today = today
+        self._targets: dict[str, Target] = {}
+        self._mappings: dict[str, Mapping] = {}
+
+    # ------------------------------------------------------------------ targets
+    def targets(self) -> dict[str, Target]:
+        """The enabled targets, constructed, in dependency order."""
+        if self._targets:
+            return self._targets
+        enabled = self.config.enabled_targets()
+        built: dict[str, Target] = {}
+        context = TargetContext(issuer=self.issuer,
+                                eppn_template=self.config.settings.institution.eppn_template,
+                                extra={"rio_enabled": "rio" in enabled})
+        for name in enabled:
+            cls = plugins.load(plugins.TARGET_GROUP, name)
+            table = dict(self.config.target_table(name) or {})
+            settings = plugin_settings(cls.Settings, table, config=self.config, key=f"targets.{name}")
+            kwargs: dict[str, Any] = {}
+            transport = self.transports(name)
+            if transport is not None:
+                kwargs["transport"] = transport
+            if self.sleep is not None:
+                kwargs["sleep"] = self.sleep
+            built[name] = cls(settings, context, **kwargs)
+        self._targets = dict(_dependency_order(built))
+        return self._targets
+
+    def fingerprint(self) -> str:
+        """What, besides a record's content, decides what the targets want: their settings."""
+        tables = {name: {k: v for k, v in (self.config.target_table(name) or {}).items()
+                         if "secret" not in k and "password" not in k and "token" not in k}
+                  for name in self.config.enabled_targets()}
+        return stable_hash({"targets": tables, "eppn": self.config.settings.institution.eppn_template,
+                            "issuer": self.issuer.model_dump(mode="json")})
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, dry_run: bool = False, sources: Sequence[str] = (), only_targets: Sequence[str] = (),
+            since: date | None = None, until: date | None = None, kind: str = "sync") -> RunReport:
+        report = RunReport(dry_run=dry_run)
+        targets = self.targets()
+        unknown = [t for t in only_targets if t not in targets]
+        if unknown:
+            raise ConfigError(f"--target {', '.join(unknown)}: not an enabled target "
+                              f"(enabled: {', '.join(targets) or 'none'})")
+        report.targets = {name: TargetReport() for name in targets}
+        report.run_id = self.store.start_run("dry-run" if dry_run else kind)
+        try:
+            if dry_run:
+                with self.store.scratch():
+                    self._read_and_plan(report, sources, since, until)
+                    self._preview(report, only_targets)
+            else:
+                self._read_and_plan(report, sources, since, until)
+                asyncio.run(self._deliver_all(report, only_targets))
+        finally:
+            asyncio.run(self._close_targets())
+        report.exit_code = self._exit_code(report)
+        self.store.finish_run(report.run_id, report.exit_code, report.as_dict())
+        return report
+
+    async def _close_targets(self) -> None:
+        for target in self._targets.values():
+            await target.aclose()
+        self._targets = {}
+
+    def _exit_code(self, report: RunReport) -> int:
+        if not report.dry_run and self.store.failures():
+            return EXIT_NEEDS_PERSON
+        if report.dry_run and report.problems:
+            return EXIT_NEEDS_PERSON
+        if any(t.unavailable for t in report.targets.values()):
+            return EXIT_UNAVAILABLE
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ 1. learners
+    def _load_learners(self, report: RunReport) -> None:
+        for entry in self.config.settings.learners:
+            problems: list[Problem] = []
+            batch: list[dict[str, Any]] = []
+            try:
+                adapter = self._adapter(entry.adapter, entry.all_options(), entry.name, expect="learners")
+                for item in adapter.read():
+                    if isinstance(item, InputProblem):
+                        problems.append(Problem(item.location, item.reason))
+                        continue
+                    assert isinstance(item, LearnerRow)
+                    learner = _directory_learner(item)
+                    if isinstance(learner, InputProblem):
+                        problems.append(Problem(learner.location, learner.reason))
+                        continue
+                    batch.append(learner)
+                    if len(batch) >= BATCH:
+                        self.store.put_learners(batch)
+                        report.learners += len(batch)
+                        batch = []
+            except ConfigError as exc:
+                problems.append(Problem(Location(entry.name, str(self.config.path), None, "learners"), str(exc)))
+            if batch:
+                self.store.put_learners(batch)
+                report.learners += len(batch)
+            self.store.replace_problems(entry.name, problems, report.run_id)
+            report.problems += len(problems)
+
+    # ------------------------------------------------------------------ 2 + 3. read, map, plan
+    def _read_and_plan(self, report: RunReport, only_sources: Sequence[str],
+                       since: date | None, until: date | None) -> None:
+        self._load_learners(report)
+        fingerprint = self.fingerprint()
+        winners: dict[str, tuple[date, int]] = {}
+        for source in self.config.settings.sources:
+            if not source.enabled or (only_sources and source.name not in only_sources):
+                continue
+            self._read_source(source, report, fingerprint, winners, since, until)
+        self._plan_catalogue(report)
+
+    def _read_source(self, source: SourceSettings, report: RunReport, fingerprint: str,
+                     winners: dict[str, tuple[date, int]], since: date | None, until: date | None) -> None:
+        stats = report.sources.setdefault(source.name, {"read": 0, "mapped": 0, "problems": 0})
+        problems: list[Problem] = []
+        try:
+            mapping = self._mapping(source)
+            adapter = self._adapter(source.adapter, source.options, source.name, expect="results")
+        except ConfigError as exc:
+            where = Location(source.name, str(getattr(exc, "file", None) or self.config.path), None, "mapping")
+            problems.append(Problem(where, exc.message))
+            log.error("source %s skipped: %s", source.name, exc, extra={"source": source.name, "event": "source_skipped"})
+            self.store.replace_problems(source.name, problems, report.run_id)
+            report.problems += 1
+            stats["problems"] += 1
+            return
+        rows: list[RawResult] = []
+        try:
+            for item in adapter.read():
+                if isinstance(item, InputProblem):
+                    problems.append(Problem(item.location, item.reason))
+                    continue
+                if not isinstance(item, RawResult):
+                    raise TypeError(f"adapter {source.adapter} yielded {type(item).__name__}, not RawResult")
+                report.read += 1
+                stats["read"] += 1
+                if since and item.result_date and item.result_date < since:
+                    continue
+                if until and item.result_date and item.result_date > until:
+                    continue
+                rows.append(item)
+                if len(rows) >= BATCH:
+                    self._map_batch(rows, mapping, report, stats, problems, fingerprint, winners)
+                    rows = []
+        except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
+            log.exception("source %s stopped while reading", source.name, extra={"source": source.name})
+            problems.append(Problem(Location(source.name, str(source.options.get("path", "")), None, None),
+                                    f"reading stopped: {exc}"))
+        if rows:
+            self._map_batch(rows, mapping, report, stats, problems, fingerprint, winners)
+        self.store.replace_problems(source.name, problems, report.run_id)
+        report.problems += len(problems)
+        stats["problems"] += len(problems)
+
+    def _map_batch(self, rows: list[RawResult], mapping: Mapping, report: RunReport, stats: dict[str, int],
+                   problems: list[Problem], fingerprint: str, winners: dict[str, tuple[date, int]]) -> None:
+        directory = self.store.learners(r.student_number.strip() for r in rows if r.student_number)
+        records: dict[str, MicrocredentialRecord] = {}
+        today = self.today()
+        for raw in rows:
+            known = directory.get(raw.student_number.strip()) if raw.student_number else None
+            outcome = to_record(raw, mapping, self.issuer, _learner_from_directory(known), today=today)
+            if outcome is None:
+                report.no_result += 1
+                continue
+            if isinstance(outcome, InputProblem):
+                problems.append(Problem(outcome.location, outcome.reason))
+                continue
+            rid = str(outcome.record_id)
+            rank = (outcome.result.assessment_date, _STATUS_RANK[outcome.result.status])
+            if rid in winners and winners[rid] >= rank:
+                report.superseded += 1
+                continue
+            winners[rid] = rank
+            records[rid] = outcome
+        report.mapped += len(records)
+        stats["mapped"] += len(records)
+        if records:
+            self._plan_records(list(records.values()), report, fingerprint)
+
+    def _plan_records(self, records: list[MicrocredentialRecord], report: RunReport, fingerprint: str) -> None:
+        stored = self.store.stored([str(r.record_id) for r in records])
+        changed: list[tuple[MicrocredentialRecord, str, str]] = []
+        unchanged: list[str] = []
+        for record in records:
+            content = record.content_hash()
+            plan = stable_hash([content, fingerprint])
+            before = stored.get(str(record.record_id))
+            if before is not None and before.plan_hash == plan:
+                unchanged.append(str(record.record_id))
+            else:
+                changed.append((record, content, plan))
+        report.unchanged += len(unchanged)
+        report.changed += len(changed)
+        if unchanged:
+            self.store.mark_seen(unchanged, report.run_id)
+        if not changed:
+            return
+        with self.store.transaction():
+            self.store.put_records(changed, report.run_id)
+            for name, target in self.targets().items():
+                if target.unit != "record":
+                    continue
+                wanted = [(str(rec.record_id), target.desired(rec)) for rec, _, _ in changed]
+                report.targets[name].planned += self.store.set_desired(name, wanted)
+
+    def _plan_catalogue(self, report: RunReport) -> None:
+        """Catalogue targets plan per microcredential definition of the mappings read in this run."""
+        definitions = self.definitions()
+        for name, target in self.targets().items():
+            if target.unit != "microcredential":
+                continue
+            wanted = [(catalogue_key(code), target.desired(d)) for code, d in sorted(definitions.items())]
+            report.targets[name].planned += self.store.set_desired(name, wanted)
+
+    def definitions(self) -> dict[str, MicrocredentialDefinition]:
+        """All microcredential definitions of the mappings loaded so far, by code."""
+        found: dict[str, MicrocredentialDefinition] = {}
+        for mapping in self._mappings.values():
+            for definition in mapping.definitions.values():
+                found.setdefault(definition.code, definition)
+        return found
+
+    # ------------------------------------------------------------------ 4. deliver
+    async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
+        for name, target in self.targets().items():
+            if only_targets and name not in only_targets:
+                continue
+            treport = report.targets[name]
+            ledger = CountingLedger(self.store.ledger(name), treport)
+            try:
+                for chunk in self._work_chunks(name, target):
+                    await target.deliver(chunk, ledger)
+            except TargetUnavailable as exc:
+                treport.unavailable = exc.message
+                log.error("target %s unavailable, its work stays queued: %s", name, exc.message,
+                          extra={"target": name, "event": "target_unavailable"})
+            except Exception as exc:
+                treport.error = f"{type(exc).__name__}: {exc}"
+                log.exception("target %s stopped by an unexpected error; its items stay as they are",
+                              name, extra={"target": name, "event": "target_error"})
+            counts = self.store.counts().get(name, {})
+            treport.in_flight = counts.get("in_flight", 0)
+
+    def _work_chunks(self, name: str, target: Target) -> Iterator[list[WorkItem]]:
+        """Due work in chunks, with the latest records or definitions attached."""
+        definitions = self.definitions()
+        rows = list(self.store.work(name, datetime.now(UTC)))
+        for start in range(0, len(rows), DELIVERY_CHUNK):
+            chunk = rows[start:start + DELIVERY_CHUNK]
+            records = self.store.records([r.key for r in chunk]) if target.unit == "record" else {}
+            items = []
+            for row in chunk:
+                item = WorkItem(key=row.key, state=row.state, desired_hash=row.desired_hash,
+                                delivered_hash=row.delivered_hash, attempts=row.attempts, remote=row.remote,
+                                note=row.note)
+                if target.unit == "record":
+                    item.record = records.get(row.key)
+                else:
+                    item.definition = definitions.get(row.key.removeprefix("mc:"))
+                items.append(item)
+            yield items
+
+    def _preview(self, report: RunReport, only_targets: Sequence[str]) -> None:
+        for name in self.targets():
+            if only_targets and name not in only_targets:
+                continue
+            treport = report.targets[name]
+            for row in self.store.work(name, datetime.now(UTC)):
+                if row.desired_hash is None:
+                    treport.withdrawn += 1
+                else:
+                    treport.confirmed += 1
+
+    # ------------------------------------------------------------------ plumbing
+    def _mapping(self, source: SourceSettings) -> Mapping:
+        if source.name not in self._mappings:
+            self._mappings[source.name] = load_mapping(self.config.resolve(source.mapping))
+        return self._mappings[source.name]
+
+    def _adapter(self, name: str, options: dict[str, Any], source: str, *, expect: str) -> Adapter:
+        cls = plugins.load(plugins.ADAPTER_GROUP, name)
+        if getattr(cls, "kind", "results") != expect:
+            raise ConfigError(f"adapter {name!r} reads {cls.kind}, not {expect}", key=f"{source}.adapter")
+        opts = plugin_settings(cls.Options, options, config=self.config, key=f"sources.{source}.options")
+        adapter: Adapter = cls(opts, AdapterContext(source=source, base_dir=self.config.base_dir))
+        return adapter
+
+
+def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]]:
+    done: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done or name not in targets:
+            return
+        if name in path:
+            raise ConfigError(f"targets depend on each other in a circle: {' → '.join((*path, name))}")
+        for dependency in targets[name].depends_on:
+            visit(dependency, (*path, name))
+        done.append(name)
+
+    for name in targets:
+        visit(name, ())
+    return [(name, targets[name]) for name in done]
+
+
+def _directory_learner(row: LearnerRow) -> dict[str, Any] | InputProblem:
+    """A learner directory row as stored: validated, personal numbers kept (the store is private)."""
+    try:
+        learner = Learner(student_number=row.student_number.strip(), given_name=row.given_name,
+                          family_name_prefix=row.family_name_prefix, family_name=row.family_name,
+                          email=row.email or None, eppn=row.eppn or None, date_of_birth=row.date_of_birth,
+                          bsn=row.bsn or None, onderwijsnummer=row.onderwijsnummer or None)
+    except Exception as exc:
+        errors = getattr(exc, "errors", lambda: [{"loc": ("row",), "msg": str(exc)}])()
+        first = errors[0]
+        field_name = str(first["loc"][0])
+        return InputProblem(f"learner {field_name} {first['msg'].removeprefix('Value error, ')}",
+                            Location(row.location.source, row.location.file, row.location.line, field_name))
+    data = learner.model_dump(mode="json", exclude_none=True)
+    for secret in ("bsn", "onderwijsnummer"):
+        value = getattr(learner, secret)
+        if value is not None:
+            data[secret] = value.get_secret_value()
+    return data
+
+
+def _learner_from_directory(data: dict[str, Any] | None) -> Learner | None:
+    return None if data is None else Learner.model_validate(data)

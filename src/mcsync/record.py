@@ -1,0 +1,367 @@
+"""The canonical microcredential record: what every adapter's rows become.
+
+One `MicrocredentialRecord` per (institution BRIN, learner student number, microcredential code):
+a learner holds a microcredential once (interface.md §3). Its `record_id` is a UUID5 of those
+three values, so it is stable across runs, files and machines; a corrected grade or date is an
+update of the same record, never a second award.
+
+The record carries the EU Council Recommendation's (2022/C 243/02, Annex I) eleven mandatory
+elements and its five optional ones; `eu_elements()` lists them by number:
+
+    1 learner            `learner`                      7 workload        `microcredential.ects`
+    2 title              `microcredential.title`        8 level           `microcredential.eqf/nlqf`
+    3 country            `issuer.country`               9 assessment      `microcredential.assessment_type`
+    4 awarding body      `issuer.name`                 10 participation   `microcredential.participation`
+    5 date of issuing    `issued_on`                   11 quality assur.  `microcredential.quality_assurance`
+    6 learning outcomes  `microcredential.learning_outcomes`
+    optional: prerequisites, supervision (+ identity verification), grade achieved
+    (`result.grade_raw`), integration/stackability, further information.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+#: Namespace of every record_id: uuid5(NAMESPACE_URL, "urn:mcsync:record").
+RECORD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mcsync:record")
+#: Namespace of the stable own keys mcsync derives for RIO (units and offerings).
+CATALOGUE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mcsync:catalogue")
+
+ECTS_MIN = Decimal(3)
+ECTS_MAX = Decimal(30)
+NLQF_LEVELS = ("instroom", "1", "2", "3", "4", "4+", "5", "6", "7", "8")
+
+
+def make_record_id(brin: str, student_number: str, microcredential_code: str) -> uuid.UUID:
+    """The stable identity of a record: uuid5 over BRIN, student number and code.
+
+    The three values are normalised (surrounding white space removed, BRIN upper-cased) and
+    joined with a unit separator that cannot occur in any of them.
+    """
+    parts = (brin.strip().upper(), student_number.strip(), microcredential_code.strip())
+    return uuid.uuid5(RECORD_NAMESPACE, "\x1f".join(parts))
+
+
+def _nonempty_langs(value: dict[str, str]) -> dict[str, str]:
+    cleaned = {lang.strip().lower(): text.strip() for lang, text in value.items() if text and text.strip()}
+    if not cleaned:
+        raise ValueError("needs a text in at least one language, e.g. { nl = \"...\" }")
+    return cleaned
+
+
+#: Text in one or more languages, keyed by ISO 639-1 code: {"nl": "...", "en": "..."}.
+LocalizedText = Annotated[dict[str, str], AfterValidator(_nonempty_langs)]
+
+
+def pick_language(text: dict[str, str], *preferred: str) -> str:
+    """The text in the first preferred language present, else in any language."""
+    for lang in preferred:
+        if lang in text:
+            return text[lang]
+    return next(iter(text.values()))
+
+
+class ResultStatus(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    EXEMPT = "exempt"      # met, but never issued
+    ABSENT = "absent"
+    FRAUD = "fraud"        # never issued; withdraws what was issued
+
+
+class Participation(StrEnum):
+    ONLINE = "online"
+    ONSITE = "onsite"
+    BLENDED = "blended"
+    WORK_EXPERIENCE = "work_experience"
+
+
+class Supervision(StrEnum):
+    UNSUPERVISED = "unsupervised_no_id_verification"
+    UNSUPERVISED_WITH_ID = "unsupervised_with_id_verification"
+    SUPERVISED = "supervised_no_id_verification"
+    SUPERVISED_WITH_ID = "supervised_with_id_verification"
+
+
+class QualityAssurance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    url: str | None = None
+    description: str | None = None
+    type: str | None = None
+
+
+class Stackability(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["standalone", "stackable", "integrated"] = "standalone"
+    target_code: str | None = None
+
+
+class EdubadgesRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    badgeclass: str = Field(min_length=1, description="badge class entity_id in Edubadges")
+
+
+class RioRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hoOnderwijseenheid", "particuliereOpleiding"] = "hoOnderwijseenheid"
+    eigen_sleutel: str | None = Field(default=None, max_length=60,
+                                      description="own key of the unit; default a stable uuid5")
+    offering_code: str | None = Field(default=None, description="aangebodenOpleidingCode; default a stable uuid5")
+    onderwijslocatiecode: str | None = None
+    waardedocumentsoort: str = "CERTIFICAAT"
+    niveau: str = "ONBEPAALD"
+
+
+class MicrocredentialDefinition(BaseModel):
+    """One `[[microcredentials]]` entry of a mapping file: what the unit of education is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(min_length=1, max_length=60)
+    title: LocalizedText
+    description: LocalizedText | None = None
+    learning_outcomes: list[LocalizedText] = Field(min_length=1)
+    ects: Decimal
+    study_load_hours: int | None = Field(default=None, ge=1)
+    eqf: int | None = Field(default=None, ge=1, le=8)
+    nlqf: str | None = None
+    assessment_type: str = Field(min_length=1)
+    participation: Participation
+    quality_assurance: QualityAssurance
+    supervision: Supervision | None = None
+    identity_verified: bool | None = None
+    prerequisites: list[str] = Field(default_factory=list)
+    stackability: Stackability | None = None
+    further_info_url: str | None = None
+    language: str = Field(default="nl", pattern=r"^[a-z]{2}$")
+    isced: str | None = Field(default=None, pattern=r"^\d{2,4}$")
+    start_date: date | None = None
+    end_date: date | None = None
+    edubadges: EdubadgesRef | None = None
+    rio: RioRef | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _strip_code(cls, v: str) -> str:
+        return v.strip()
+
+    @field_validator("ects")
+    @classmethod
+    def _ects_in_quality_label_range(cls, v: Decimal) -> Decimal:
+        if v < ECTS_MIN or v > ECTS_MAX:
+            raise ValueError(
+                f"{v} ECTS is outside 3–30: the Dutch microcredential quality label covers units "
+                "of 3 to 30 ECTS only")
+        if v.as_tuple().exponent < -1:  # type: ignore[operator]
+            raise ValueError(f"{v} ECTS has more than one decimal")
+        return v
+
+    @field_validator("nlqf", mode="before")
+    @classmethod
+    def _nlqf_level(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        text = str(v).strip().lower()
+        if text not in NLQF_LEVELS:
+            raise ValueError(f"NLQF level {v!r} is not one of {', '.join(NLQF_LEVELS)}")
+        return text
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> MicrocredentialDefinition:
+        if self.eqf is None and self.nlqf is None:
+            raise ValueError("give the level: eqf (1–8) and/or nlqf (EU element 8)")
+        # NLQF 1–8 map one to one to EQF 1–8; 4+ maps to 4; the entry level has no EQF level.
+        if self.eqf is not None and self.nlqf not in (None, "instroom"):
+            expected = 4 if self.nlqf == "4+" else int(self.nlqf)
+            if expected != self.eqf:
+                raise ValueError(f"nlqf {self.nlqf} corresponds to EQF {expected}, not eqf {self.eqf}")
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError("end_date lies before start_date")
+        return self
+
+    def rio_eigen_sleutel(self, brin: str) -> str:
+        """The unit's own key in RIO: configured, else a uuid5 of BRIN and code (stable)."""
+        if self.rio and self.rio.eigen_sleutel:
+            return self.rio.eigen_sleutel
+        return str(uuid.uuid5(CATALOGUE_NAMESPACE, f"unit\x1f{brin.upper()}\x1f{self.code}"))
+
+    def rio_offering_code(self, brin: str) -> str:
+        """The offering's aangebodenOpleidingCode: configured, else a uuid5 (stable)."""
+        if self.rio and self.rio.offering_code:
+            return self.rio.offering_code
+        return str(uuid.uuid5(CATALOGUE_NAMESPACE, f"offering\x1f{brin.upper()}\x1f{self.code}"))
+
+
+class Issuer(BaseModel):
+    """The awarding body (EU elements 3 and 4) and its national identifiers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    brin: str = Field(pattern=r"^[0-9]{2}[A-Z]{2}$")
+    oin: str | None = Field(default=None, pattern=r"^[0-9A-Z]{20}$")
+    onderwijsaanbiedercode: str | None = Field(default=None, pattern=r"^\d{3}A\d{3}$")
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Learner(BaseModel):
+    """EU element 1. Personal numbers are secrets: never printed, never logged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    student_number: str = Field(min_length=1, max_length=40)
+    given_name: str | None = None
+    family_name_prefix: str | None = None
+    family_name: str | None = None
+    email: str | None = None
+    eppn: str | None = None
+    date_of_birth: date | None = None
+    bsn: SecretStr | None = None
+    onderwijsnummer: SecretStr | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not _EMAIL.match(v):
+            raise ValueError("is not an e-mail address")
+        return v
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(p for p in (self.given_name, self.family_name_prefix, self.family_name) if p)
+
+    def merged_with(self, directory: Learner | None) -> Learner:
+        """This learner completed from the SIS directory, which is authoritative for personal data.
+
+        The directory's values win (the LMS may hold a nickname or a private e-mail address); the
+        export fills only what the directory lacks.
+        """
+        if directory is None:
+            return self
+        mine = self.model_dump(exclude_none=True)
+        theirs = directory.model_dump(exclude_none=True)
+        return Learner.model_validate({**mine, **theirs})
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: ResultStatus
+    grade_raw: str | None = Field(default=None, max_length=40)
+    grade_numeric: Decimal | None = None
+    assessment_date: date
+
+
+class Provenance(BaseModel):
+    """Where the result came from. Not part of the content hash: moving a row is no change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    file: str
+    line: int | None = None
+
+
+class MicrocredentialRecord(BaseModel):
+    """One learner's result for one microcredential, with everything the targets need."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_id: uuid.UUID
+    issuer: Issuer
+    learner: Learner
+    microcredential: MicrocredentialDefinition
+    result: Result
+    provenance: Provenance
+
+    @classmethod
+    def build(cls, *, issuer: Issuer, learner: Learner, microcredential: MicrocredentialDefinition,
+              result: Result, provenance: Provenance) -> MicrocredentialRecord:
+        return cls(
+            record_id=make_record_id(issuer.brin, learner.student_number, microcredential.code),
+            issuer=issuer, learner=learner, microcredential=microcredential,
+            result=result, provenance=provenance)
+
+    @property
+    def awardable(self) -> bool:
+        """Only a passed result leads to an award."""
+        return self.result.status is ResultStatus.PASSED
+
+    @property
+    def issued_on(self) -> date:
+        """EU element 5: the date the result was obtained is the date of issuing."""
+        return self.result.assessment_date
+
+    def eu_elements(self) -> dict[str, Any]:
+        """The EU standard elements by name, mandatory first (for display and tests)."""
+        mc = self.microcredential
+        return {
+            "1 learner": self.learner.full_name or self.learner.student_number,
+            "2 title": mc.title,
+            "3 country": self.issuer.country,
+            "4 awarding body": self.issuer.name,
+            "5 date of issuing": self.issued_on.isoformat(),
+            "6 learning outcomes": mc.learning_outcomes,
+            "7 workload (ECTS)": str(mc.ects),
+            "8 level": {"eqf": mc.eqf, "nlqf": mc.nlqf},
+            "9 type of assessment": mc.assessment_type,
+            "10 form of participation": mc.participation.value,
+            "11 quality assurance": mc.quality_assurance.name,
+            "o1 prerequisites": mc.prerequisites or None,
+            "o2 supervision": mc.supervision.value if mc.supervision else None,
+            "o3 grade achieved": self.result.grade_raw,
+            "o4 stackability": mc.stackability.mode if mc.stackability else None,
+            "o5 further information": mc.further_info_url,
+        }
+
+    def to_state_json(self) -> str:
+        """Serialise for the state store, personal numbers included (the store is private)."""
+        data = self.model_dump(mode="json")
+        for name in ("bsn", "onderwijsnummer"):
+            secret = getattr(self.learner, name)
+            data["learner"][name] = secret.get_secret_value() if secret else None
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_state_json(cls, text: str) -> MicrocredentialRecord:
+        return cls.model_validate_json(text)
+
+    def content_hash(self) -> str:
+        """Hash of everything but provenance: the same result read from another file is no change."""
+        data = json.loads(self.to_state_json())
+        data.pop("provenance")
+        return stable_hash(data)
+
+
+def stable_hash(data: Any) -> str:
+    """SHA-256 over canonical JSON; used for every 'did this change?' comparison."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,441 @@
+"""The SQLite state store (the embedded default).
+
+Durability choices, and why:
+- WAL journal, `synchronous=FULL`: `Ledger.begin()` marks items in_flight *before* a remote call;
+  that mark must survive a power cut, or a crash right after the call could make us send again.
+- Short transactions (`BEGIN IMMEDIATE` per batch), never one lock for the whole run, so a crash
+  loses at most the batch in hand (and that batch is in_flight, so it is reconciled, not re-sent).
+- The file and its directory are private (0600/0700): the store holds personal data.
+- `temp_store=MEMORY`: SQLite needs no temp files outside the state directory (systemd sandboxes).
+The schema is versioned; `schema.py` holds the migrations, applied in order on open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import DeliveryError, Location
+from ..record import MicrocredentialRecord
+from ..targets.base import DeliveryState, RemoteRef
+from .schema import migrate
+from .store import DeliveryRow, Failure, Problem, RunInfo, StoredRecord
+
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+_CHUNK = 500  # SQLite's parameter limit is 32766; keep IN (...) lists modest
+_OPEN = (DeliveryState.PENDING, DeliveryState.IN_FLIGHT, DeliveryState.SUBMITTED)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime(_TS)
+
+
+def _parse_ts(text: str | None) -> datetime | None:
+    return None if text is None else datetime.strptime(text, _TS).replace(tzinfo=UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class SqliteStateStore:
+    """`StateStore` on one SQLite file. One instance per process; not shared across threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            _create_private(self.path)
+        old_umask = os.umask(0o077)  # the -wal and -shm files are private too
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        finally:
+            os.umask(old_umask)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self._depth = 0
+        self._lock = threading.RLock()
+        with self.transaction():
+            migrate(self.db)
+
+    # transactions -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction; nested calls join the outer one."""
+        with self._lock:
+            if self._depth == 0:
+                self.conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[None]:
+        """Everything written inside is thrown away at the end (`sync --dry-run`)."""
+        with self._lock:
+            if self._depth:
+                raise RuntimeError("scratch() cannot run inside a transaction")
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # runs ----------------------------------------------------------------------------------------
+    def start_run(self, kind: str) -> str:
+        run_id = uuid.uuid4().hex
+        with self.transaction():
+            self.conn.execute("INSERT INTO runs(run_id, kind, started_at) VALUES (?, ?, ?)",
+                              (run_id, kind, _ts(now_utc())))
+        return run_id
+
+    def finish_run(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+                (_ts(now_utc()), exit_code, json.dumps(summary, sort_keys=True), run_id))
+
+    def last_run(self) -> RunInfo | None:
+        row = self.conn.execute(
+            "SELECT run_id, kind, started_at, finished_at, exit_code, summary FROM runs "
+            "WHERE kind != 'dry-run' ORDER BY started_at DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        started = _parse_ts(row[2])
+        assert started is not None
+        return RunInfo(row[0], row[1], started, _parse_ts(row[3]), row[4],
+                       json.loads(row[5]) if row[5] else {})
+
+    # learners --------------------------------------------------------------------------------------
+    def put_learners(self, rows: Sequence[dict[str, Any]]) -> None:
+        stamp = _ts(now_utc())
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO learners(student_number, data, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(student_number) DO UPDATE SET data = excluded.data, "
+                "updated_at = excluded.updated_at WHERE data != excluded.data",
+                [(r["student_number"], json.dumps(r, sort_keys=True, default=str), stamp) for r in rows])
+
+    def learners(self, student_numbers: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = sorted(set(student_numbers))
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            for number, data in self.conn.execute(
+                    f"SELECT student_number, data FROM learners WHERE student_number IN ({marks})", chunk):
+                found[number] = json.loads(data)
+        return found
+
+    # records --------------------------------------------------------------------------------------
+    def stored(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        found: dict[str, StoredRecord] = {}
+        for chunk in _chunks(list(record_ids)):
+            marks = ",".join("?" * len(chunk))
+            for rid, chash, phash in self.conn.execute(
+                    f"SELECT record_id, content_hash, plan_hash FROM records WHERE record_id IN ({marks})",
+                    chunk):
+                found[rid] = StoredRecord(rid, chash, phash)
+        return found
+
+    def put_records(self, rows: Sequence[tuple[MicrocredentialRecord, str, str]], run_id: str) -> None:
+        stamp = _ts(now_utc())
+        params = [
+            (str(rec.record_id), rec.provenance.source, rec.learner.student_number, rec.microcredential.code,
+             rec.result.status.value, chash, phash, rec.to_state_json(), rec.provenance.file,
+             rec.provenance.line, run_id, run_id, stamp)
+            for rec, chash, phash in rows]
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO records(record_id, source, student_number, code, status, content_hash, "
+                "plan_hash, data, file, line, first_run, seen_run, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(record_id) DO UPDATE SET source = excluded.source, status = excluded.status, "
+                "content_hash = excluded.content_hash, plan_hash = excluded.plan_hash, data = excluded.data, "
+                "file = excluded.file, line = excluded.line, seen_run = excluded.seen_run, "
+                "updated_at = excluded.updated_at", params)
+
+    def mark_seen(self, record_ids: Sequence[str], run_id: str) -> None:
+        with self.transaction():
+            self.conn.executemany("UPDATE records SET seen_run = ? WHERE record_id = ?",
+                                  [(run_id, rid) for rid in record_ids])
+
+    def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]:
+        found: dict[str, MicrocredentialRecord] = {}
+        for chunk in _chunks(list(record_ids)):
+            marks = ",".join("?" * len(chunk))
+            for rid, data in self.conn.execute(
+                    f"SELECT record_id, data FROM records WHERE record_id IN ({marks})", chunk):
+                found[rid] = MicrocredentialRecord.from_state_json(data)
+        return found
+
+    def record_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    def result_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, count(*) FROM records GROUP BY status").fetchall())
+
+    # deliveries -------------------------------------------------------------------------------------
+    def set_desired(self, target: str, wanted: Sequence[tuple[str, str | None]]) -> int:
+        changed = 0
+        stamp = _ts(now_utc())
+        for chunk in _chunks(list(wanted)):
+            keys = [key for key, _ in chunk]
+            existing = {r.key: r for r in self._rows(target, keys)}
+            inserts, updates = [], []
+            for key, desired in chunk:
+                row = existing.get(key)
+                if row is None:
+                    if desired is not None:
+                        inserts.append((target, key, DeliveryState.PENDING.value, desired, stamp, stamp))
+                    continue
+                if row.desired_hash == desired:
+                    continue
+                if row.state in (DeliveryState.IN_FLIGHT, DeliveryState.SUBMITTED):
+                    state = row.state  # settle what is under way first; confirm() re-queues
+                elif desired == row.delivered_hash:
+                    state = DeliveryState.SYNCED
+                else:
+                    state = DeliveryState.PENDING
+                updates.append((desired, state.value, stamp, stamp, target, key))
+            if inserts or updates:
+                with self.transaction():
+                    self.conn.executemany(
+                        "INSERT INTO deliveries(target, key, state, desired_hash, since, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", inserts)
+                    self.conn.executemany(
+                        "UPDATE deliveries SET desired_hash = ?, state = ?, attempts = CASE WHEN state "
+                        "IN ('in_flight', 'submitted') THEN attempts ELSE 0 END, error_code = NULL, "
+                        "not_before = NULL, since = ?, updated_at = ? WHERE target = ? AND key = ?", updates)
+                changed += len(inserts) + len(updates)
+        return changed
+
+    _ROW_COLUMNS = ("target, key, state, desired_hash, delivered_hash, attempts, remote_id, "
+                    "correlation_id, remote_data, note, error_code, not_before, since, updated_at")
+
+    @staticmethod
+    def _row(values: Sequence[Any]) -> DeliveryRow:
+        since = _parse_ts(values[12])
+        updated = _parse_ts(values[13])
+        assert since is not None and updated is not None
+        return DeliveryRow(
+            target=values[0], key=values[1], state=DeliveryState(values[2]), desired_hash=values[3],
+            delivered_hash=values[4], attempts=values[5],
+            remote=RemoteRef(remote_id=values[6], correlation_id=values[7],
+                             data=json.loads(values[8]) if values[8] else {}),
+            note=values[9], error_code=values[10], not_before=_parse_ts(values[11]),
+            since=since, updated_at=updated)
+
+    def _rows(self, target: str, keys: Sequence[str]) -> list[DeliveryRow]:
+        marks = ",".join("?" * len(keys))
+        cursor = self.conn.execute(
+            f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND key IN ({marks})",
+            [target, *keys])
+        return [self._row(values) for values in cursor.fetchall()]
+
+    def rows(self, target: str, keys: Sequence[str]) -> dict[str, DeliveryRow]:
+        found: dict[str, DeliveryRow] = {}
+        for chunk in _chunks(list(keys)):
+            found.update((r.key, r) for r in self._rows(target, chunk))
+        return found
+
+    def work(self, target: str, now: datetime, *, page: int = 1000) -> Iterator[DeliveryRow]:
+        """Due rows in key order, read page by page (keyset paging: safe while rows change)."""
+        last = ""
+        states = [s.value for s in _OPEN]
+        while True:
+            rows = [self._row(values) for values in self.conn.execute(
+                f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND key > ? "
+                "AND state IN (?, ?, ?) AND (not_before IS NULL OR not_before <= ?) "
+                "ORDER BY key LIMIT ?", [target, last, *states, _ts(now), page]).fetchall()]
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1].key
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {}
+        for target, state, has_delivered, n in self.conn.execute(
+                "SELECT target, state, delivered_hash IS NOT NULL, count(*) FROM deliveries "
+                "GROUP BY target, state, delivered_hash IS NOT NULL"):
+            result.setdefault(target, {})
+            label = state if state != DeliveryState.SYNCED else ("delivered" if has_delivered else "withdrawn")
+            result[target][label] = result[target].get(label, 0) + n
+        return result
+
+    def ledger(self, target: str) -> SqliteLedger:
+        return SqliteLedger(self, target)
+
+    def retry(self, record_ids: Sequence[str] | None, target: str | None = None) -> int:
+        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, error_code = NULL, "
+               "not_before = NULL, note = 'queued again by mcsync retry', updated_at = ? WHERE state = 'failed'")
+        base: list[Any] = [_ts(now_utc())]
+        if target is not None:
+            sql += " AND target = ?"
+            base.append(target)
+        total = 0
+        with self.transaction():
+            if record_ids is None:
+                total = self.conn.execute(sql, base).rowcount
+            else:
+                for chunk in _chunks(list(record_ids)):
+                    marks = ",".join("?" * len(chunk))
+                    total += self.conn.execute(sql + f" AND key IN ({marks})", [*base, *chunk]).rowcount
+        return total
+
+    # problems and failures ---------------------------------------------------------------------------
+    def replace_problems(self, source: str, problems: Sequence[Problem], run_id: str) -> None:
+        stamp = _ts(now_utc())
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO problems(source, fingerprint, file, line, field, reason, record_id, since, seen_run) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source, fingerprint) DO UPDATE SET "
+                "line = excluded.line, seen_run = excluded.seen_run",
+                [(source, _fingerprint(p), p.location.file, p.location.line, p.location.field, p.reason,
+                  p.record_id, stamp, run_id) for p in problems])
+            self.conn.execute("DELETE FROM problems WHERE source = ? AND seen_run != ?", (source, run_id))
+
+    def failures(self, target: str | None = None) -> list[Failure]:
+        found: list[Failure] = []
+        sql = ("SELECT target, key, note, error_code, attempts, since FROM deliveries WHERE state = 'failed'")
+        params: list[Any] = []
+        if target is not None:
+            sql += " AND target = ?"
+            params.append(target)
+        for tgt, key, note, code, attempts, since in self.conn.execute(sql + " ORDER BY since, key", params):
+            moment = _parse_ts(since)
+            assert moment is not None
+            found.append(Failure(record_id=key, target=tgt, reason=note or "failed", attempts=attempts,
+                                 since=moment, code=code))
+        if target is None:
+            for source, file, line, fld, reason, rid, since in self.conn.execute(
+                    "SELECT source, file, line, field, reason, record_id, since FROM problems "
+                    "ORDER BY source, file, line"):
+                moment = _parse_ts(since)
+                assert moment is not None
+                found.append(Failure(record_id=rid, target=None, reason=reason, attempts=0, since=moment,
+                                     location=Location(source, file, line, fld)))
+        return found
+
+
+def _fingerprint(problem: Problem) -> str:
+    loc = problem.location
+    return f"{loc.file}\x1f{loc.line}\x1f{loc.field}\x1f{problem.reason}"
+
+
+class SqliteLedger:
+    """The `Ledger` of one target over a `SqliteStateStore`."""
+
+    def __init__(self, store: SqliteStateStore, target: str) -> None:
+        self.store = store
+        self.target = target
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.transaction()
+
+    def _update(self, key: str, assignments: str, params: Sequence[Any]) -> None:
+        with self.store.transaction():
+            self.store.conn.execute(
+                f"UPDATE deliveries SET {assignments}, updated_at = ? WHERE target = ? AND key = ?",
+                [*params, _ts(now_utc()), self.target, key])
+
+    @staticmethod
+    def _remote_params(remote: RemoteRef) -> list[Any]:
+        return [remote.remote_id, remote.correlation_id, json.dumps(remote.data, sort_keys=True)]
+
+    def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
+              data: dict[str, Any] | None = None) -> None:
+        stamp = _ts(now_utc())
+        with self.store.transaction():
+            for key in keys:
+                assignments = "state = 'in_flight', attempts = attempts + 1, updated_at = ?"
+                params: list[Any] = [stamp]
+                if correlation_id is not None:
+                    assignments += ", correlation_id = ?"
+                    params.append(correlation_id)
+                if data is not None:
+                    assignments += ", remote_data = json_patch(coalesce(remote_data, '{}'), ?)"
+                    params.append(json.dumps(data))
+                self.store.conn.execute(
+                    f"UPDATE deliveries SET {assignments} WHERE target = ? AND key = ?",
+                    [*params, self.target, key])
+
+    def submitted(self, key: str, *, remote: RemoteRef, note: str | None = None) -> None:
+        self._update(key, "state = 'submitted', remote_id = ?, correlation_id = ?, remote_data = ?, note = ?",
+                     [*self._remote_params(remote), note])
+
+    def confirm(self, key: str, *, delivered_hash: str | None, remote: RemoteRef,
+                note: str | None = None) -> None:
+        self._update(
+            key, "delivered_hash = ?, state = CASE WHEN desired_hash IS ? THEN 'synced' ELSE 'pending' END, "
+            "remote_id = ?, correlation_id = ?, remote_data = ?, note = ?, error_code = NULL, not_before = NULL",
+            [delivered_hash, delivered_hash, *self._remote_params(remote), note])
+
+    def defer(self, key: str, *, reason: str, retry_after: float | None = None,
+              remote: RemoteRef | None = None) -> None:
+        not_before = _ts(now_utc() + timedelta(seconds=retry_after)) if retry_after else None
+        assignments = "state = 'pending', note = ?, not_before = ?"
+        params: list[Any] = [reason, not_before]
+        if remote is not None:
+            assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"
+            params += self._remote_params(remote)
+        self._update(key, assignments, params)
+
+    def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
+        assignments = "state = 'failed', note = ?, error_code = ?, since = ?"
+        params: list[Any] = [error.message, error.code, _ts(now_utc())]
+        if remote is not None:
+            assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"
+            params += self._remote_params(remote)
+        self._update(key, assignments, params)
+
+    def note(self, key: str, *, remote: RemoteRef | None = None, note: str | None = None) -> None:
+        assignments, params = "note = coalesce(?, note)", [note]
+        if remote is not None:
+            assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"
+            params += self._remote_params(remote)
+        self._update(key, assignments, params)
+
+    def lookup(self, target: str, key: str) -> tuple[DeliveryState, str | None, RemoteRef] | None:
+        rows = self.store._rows(target, [key])
+        if not rows:
+            return None
+        return rows[0].state, rows[0].delivered_hash, rows[0].remote
