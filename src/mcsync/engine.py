@@ -216,12 +216,21 @@ class Engine:
                     self._preview(report, only_targets)
             else:
                 self._read_and_plan(report, sources, since, until)
-                asyncio.run(self._deliver_all(report, only_targets))
-        finally:
+        except BaseException:
             asyncio.run(self._close_targets())
+            raise
+        # delivery and closing share one event loop: the targets' connection pools belong to it
+        asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run))
         report.exit_code = self._exit_code(report)
         self.store.finish_run(report.run_id, report.exit_code, report.as_dict())
         return report
+
+    async def _deliver_and_close(self, report: RunReport, only_targets: Sequence[str], *, deliver: bool) -> None:
+        try:
+            if deliver:
+                await self._deliver_all(report, only_targets)
+        finally:
+            await self._close_targets()
 
     async def _close_targets(self) -> None:
         for target in self._targets.values():
