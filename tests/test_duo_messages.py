@@ -25,10 +25,54 @@ LID = "6f1c2a34-1b2c-4d5e-8f90-123456789abc"
 RID = "0b7a6c5d-4e3f-5a2b-8c1d-0e9f8a7b6c5d"
 
 
-def test_the_product_ships_the_contract_schema_verbatim() -> None:
+def _corpus() -> list[bytes]:
+    """Valid and broken register documents, to compare the shipped schema with the contract's."""
+    ok_levering = (
+        f'<levering xmlns="{NS}" leveringId="{LID}" oin="0000000700030GB00000" '
+        'datumTijdLevering="2025-07-01T10:00:00Z"><resultaat recordId="' + RID + '"><deelnemer>'
+        '<eigenDeelnemerSleutel>2210451</eigenDeelnemerSleutel><geboortedatum>2001-03-14</geboortedatum>'
+        '<voorvoegsel>de</voorvoegsel><achternaam>Vries</achternaam></deelnemer>'
+        '<opleidingseenheidcode>1011O5055</opleidingseenheidcode><onderwijsaanbiedercode>110A133'
+        '</onderwijsaanbiedercode><datumBehaald>2025-06-27</datumBehaald><studielast>5.0</studielast>'
+        '<resultaat>7,5</resultaat><eqf>6</eqf><nlqf>4+</nlqf></resultaat>'
+        f'<intrekking recordId="{RID}" reden="Cijfer gecorrigeerd"/></levering>')
+    broken = [
+        ok_levering.replace("1011O5055", "1011X5055"),                      # unit code pattern
+        ok_levering.replace("<studielast>5.0", "<studielast>5.25"),         # two decimals
+        ok_levering.replace("<nlqf>4+</nlqf>", "<nlqf>9</nlqf>"),          # no such level
+        ok_levering.replace("<voorvoegsel>de</voorvoegsel>", ""
+                            ).replace("<achternaam>Vries</achternaam>", ""),  # no achternaam
+        ok_levering.replace("<eigenDeelnemerSleutel>2210451</eigenDeelnemerSleutel>",
+                            "<bsn>111222333</bsn><eigenDeelnemerSleutel>2210451</eigenDeelnemerSleutel>"),
+        ok_levering.replace(LID, LID.upper()),                              # upper-case UUID
+        ok_levering.replace(' reden="Cijfer gecorrigeerd"', ""),            # reden required
+        ok_levering.replace("<eqf>6</eqf>", "<eqf>9</eqf>"),
+    ]
+    others = [
+        f'<leveringOntvangen xmlns="{NS}" leveringId="{LID}" aantal="2" status="ontvangen"/>',
+        f'<leveringOntvangen xmlns="{NS}" leveringId="{LID}" aantal="0" status="ontvangen"/>',
+        f'<verwerkingsverslag xmlns="{NS}" leveringId="{LID}" status="verwerkt"><regel volgnummer="1" '
+        f'recordId="{RID}" status="afgekeurd"><signaal code="R201" tekst="studielast"/></regel></verwerkingsverslag>',
+        f'<verwerkingsverslag xmlns="{NS}" leveringId="{LID}" status="klaar"/>',
+        f'<fout xmlns="{NS}" code="XSD001">element x</fout>',
+    ]
+    return [doc.encode() for doc in [ok_levering, *broken, *others]]
+
+
+def test_the_shipped_schema_judges_documents_like_the_contract_schema() -> None:
     from importlib import resources
-    shipped = resources.files("mcsync.targets.duo").joinpath("schema/duo-register.xsd").read_bytes()
-    assert shipped == XSD.read_bytes()
+
+    from lxml import etree
+
+    shipped = etree.XMLSchema(etree.fromstring(
+        resources.files("mcsync.targets.duo").joinpath("schema/duo-register.xsd").read_bytes()))
+    contract = etree.XMLSchema(etree.parse(str(XSD)))
+    verdicts = []
+    for document in _corpus():
+        tree = etree.fromstring(document)
+        assert shipped.validate(tree) == contract.validate(tree), document.decode()
+        verdicts.append(contract.validate(tree))
+    assert verdicts.count(True) == 4 and verdicts.count(False) == 10   # the corpus covers both
 
 
 # elfproef and redaction ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Bodies are built with lxml in the register's namespace, in the schema's element 
 with an XML declaration; the same entries always give the same bytes. Everything the register
 answers (`<leveringOntvangen>`, `<verwerkingsverslag>`, `<geregistreerdResultaat>`, `<fout>`) is
 parsed with entities, DTDs and network access off, refused if it carries a DOCTYPE, and validated
-against the schema mcsync ships (`schema/duo-register.xsd`, a copy of the contract), so an answer
+against the schema mcsync ships (`schema/duo-register.xsd`, its own, equivalent to the contract's), so an answer
 that is not what the contract says raises `MessageError` instead of being half understood.
 """
 
