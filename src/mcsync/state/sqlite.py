@@ -421,7 +421,7 @@ class SqliteLedger:
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
         assignments = "state = 'failed', note = ?, error_code = ?, since = ?"
-        params: list[Any] = [error.message, error.code, _ts(now_utc())]
+        params: list[Any] = [str(error), error.code, _ts(now_utc())]   # the message and what to do
         if remote is not None:
             assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"
             params += self._remote_params(remote)

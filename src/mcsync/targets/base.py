@@ -106,7 +106,8 @@ class Ledger(Protocol):
         """Back to pending: nothing (more) was applied; try again later (not before retry_after s)."""
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
-        """Failed: a person must look at it (`mcsync failures`); `mcsync retry` re-queues it."""
+        """Failed: a person must look at it (`mcsync failures` shows the message and its hint);
+        `mcsync retry` re-queues it."""
 
     def note(self, key: str, *, remote: RemoteRef | None = None, note: str | None = None) -> None:
         """Store remote identifiers or a note without changing the state (e.g. a bundle id)."""
