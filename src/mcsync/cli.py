@@ -27,6 +27,7 @@ from .lock import RunLock
 from .state import SqliteStateStore
 from .targets.base import DeliveryState
 
+DEMO_CONFIG = Path(__file__).parent / "demo" / "mcsync.toml"
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
 
-    demo = sub.add_parser("demo", help="sync the sample exports into a fresh in-process sandbox, twice")
+    demo = sub.add_parser("demo", help="sync the embedded sample exports into a fresh in-process sandbox, "
+                          "twice (uses --config if given)")
     demo.add_argument("--keep", type=Path, metavar="DIR", help="keep the demo's state in DIR")
     return parser
 
@@ -345,7 +347,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox import Sandbox
 
-    config = _config(args)
+    config = load_config(Path(args.config) if args.config else DEMO_CONFIG)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="mcsync-demo-"))
     if args.keep and workdir.exists():
         shutil.rmtree(workdir)

@@ -14,6 +14,7 @@ here (a closed union of plugin configs would block third-party plugins).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 import types
@@ -191,6 +192,20 @@ def _is_secret(annotation: Any) -> bool:
     return False
 
 
+def _is_collection(annotation: Any) -> bool:
+    origins = {typing.get_origin(a) or a for a in (annotation, *typing.get_args(annotation))}
+    return bool(origins & {list, dict, set, tuple})
+
+
+def _from_environment(value: str, key: str, config: Config) -> Any:
+    """A list or table given as text (an environment override) is read as JSON: '[1, 2]'."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigError(f"expects a list or table, written as JSON (e.g. [1.0, 5.0]), got {value!r}",
+                          file=str(config.path), key=key) from None
+
+
 def _read_secret_file(value: str, base_dir: Path, key: str, file: Path) -> str:
     path = Path(value).expanduser()
     candidates = [path] if path.is_absolute() else []
@@ -208,6 +223,8 @@ def plugin_settings(model: type[M], raw: dict[str, Any], *, config: Config, key:
     """Validate a plugin's table with its own model: `<secret>_file` read, relative paths resolved."""
     data = dict(raw)
     for name, field in model.model_fields.items():
+        if isinstance(data.get(name), str) and _is_collection(field.annotation):
+            data[name] = _from_environment(data[name], f"{key}.{name}", config)
         file_key = f"{name}_file"
         if _is_secret(field.annotation) and file_key in data and file_key not in model.model_fields:
             data[name] = _read_secret_file(str(data.pop(file_key)), config.base_dir, f"{key}.{file_key}",
