@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(fmt=fmt, verbosity=-1 if args.quiet else 1 if args.verbose else 0)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `mcsync adapters | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except LockHeld as exc:
         _error(str(exc))
         return EXIT_LOCKED
@@ -311,7 +314,8 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             kind = getattr(info.plugin, "kind", None) or getattr(info.plugin, "unit", "")
             print(f"  {info.name:<16} {kind:<9} {origin}")
             for name, field in (model.model_fields.items() if model else []):
-                required = "required" if field.is_required() else f"default {field.default!r}"
+                default = field.get_default(call_default_factory=True)
+                required = "required" if field.is_required() else f"default {default!r}"
                 about = f": {field.description}" if field.description else ""
                 print(f"      {name} ({_type_name(field.annotation)}, {required}){about}")
     return EXIT_OK

@@ -1,0 +1,105 @@
+"""Small pieces every built-in adapter uses: finding files, "no result" values, dates, clean cells."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TypedDict, TypeVar, cast
+
+from pydantic import BaseModel
+from zoneinfo import ZoneInfo
+
+from mcsync.adapter import AdapterContext
+from mcsync.csvio import UnsafeCell, safe_grade, safe_text
+from mcsync.errors import InputProblem
+
+#: Cells that mean "no result (yet)": empty, Moodle's "-", Canvas's EX (excused) and N/A
+#: (not assigned), OneRoster's "not submitted". Such rows yield nothing: they are not problems.
+NO_RESULT = frozenset({"", "-", "ex", "n/a", "not submitted"})
+
+TIMEZONE = ZoneInfo("Europe/Amsterdam")
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def coerce_options(options: BaseModel | Mapping[str, object], model: type[Options]) -> Options:
+    """The adapter's own options model (the engine passes it; tests may pass a dict)."""
+    if isinstance(options, model):
+        return options
+    return model.model_validate(options.model_dump() if isinstance(options, BaseModel) else options)
+
+
+def is_no_result(text: str | None, extra: Sequence[str] = ()) -> bool:
+    if text is None:
+        return True
+    value = text.strip().casefold()
+    return value in NO_RESULT or value in {item.strip().casefold() for item in extra}
+
+
+def find_files(context: AdapterContext, pattern: str) -> tuple[list[Path], InputProblem | None]:
+    """The files a path or glob names; a problem when there are none (a source that reads
+    nothing is almost always a wrong path, not an empty export)."""
+    files = [path for path in context.resolve(pattern) if path.exists()]
+    if files:
+        return files, None
+    where = context.base_dir / pattern if not Path(pattern).is_absolute() else Path(pattern)
+    return [], InputProblem(f"no files match {pattern!r}", context.location(where),
+                            hint="check the source's `path` option (relative paths start at the config's folder)")
+
+
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)?")
+
+
+def parse_date(text: str, formats: Sequence[str] = ()) -> date:
+    """An ISO date (or the date of an ISO date-time), else the first of `formats` that fits."""
+    value = text.strip()
+    match = _ISO_DATE.fullmatch(value)
+    if match:
+        return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    for fmt in formats:
+        try:
+            return datetime.strptime(value, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError("not a date" + (f" in format {', '.join(formats)}" if formats else " (YYYY-MM-DD)"))
+
+
+def date_from_unix(text: str) -> date:
+    """The Dutch calendar date of a Unix timestamp (Moodle writes those)."""
+    return datetime.fromtimestamp(int(text.strip()), TIMEZONE).date()
+
+
+class TextFields(TypedDict, total=False):
+    """The text fields of RawResult and LearnerRow that come straight from cells."""
+
+    student_number: str | None
+    course_code: str | None
+    grade: str | None
+    given_name: str | None
+    family_name_prefix: str | None
+    family_name: str | None
+    email: str | None
+    eppn: str | None
+
+
+def clean_cells(values: Mapping[str, tuple[str, str | None]]) -> TextFields:
+    """RawResult text fields from (column, cell) pairs, held to csvio's formula rule.
+
+    The key "grade" is a grade (numbers kept as found); every other key is text. Raises
+    UnsafeCell naming the column.
+    """
+    cleaned: dict[str, str | None] = {}
+    for key, (column, value) in values.items():
+        cleaned[key] = safe_grade(value, column=column) if key == "grade" else safe_text(value, column=column)
+    return cast(TextFields, cleaned)
+
+
+def cell_problem(context: AdapterContext, file: Path | str, line: int | None, exc: UnsafeCell) -> InputProblem:
+    return InputProblem(exc.reason, context.location(file, line, exc.column),
+                        hint="correct the cell in the source system and export again")
+
+
+def row_problem(context: AdapterContext, file: Path | str, line: int | None, field: str | None,
+                reason: str, hint: str | None = None) -> InputProblem:
+    return InputProblem(reason, context.location(file, line, field), hint=hint)

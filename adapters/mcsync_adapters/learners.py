@@ -1,0 +1,121 @@
+"""`learners-csv`: personal data from the SIS, joined to results by student number.
+
+LMS exports often lack what the national systems need (date of birth, BSN or onderwijsnummer for
+DUO, the tussenvoegsel apart, an eppn for Edubadges). This adapter reads them from a SIS export
+with the columns `student_number,bsn,onderwijsnummer,date_of_birth,given_name,family_name_prefix,
+family_name,email,eppn` (interface.md §1); option `columns` renames any of them, and only
+`student_number` must exist.
+
+Checks, each an `InputProblem` for the row and field: a BSN must be nine digits passing the
+"elfproef" (an eight-digit BSN, as Excel leaves it after dropping the leading zero, gets its zero
+back); an onderwijsnummer must be nine digits passing its own check (remainder 5); dates are ISO
+or `date_format`. Problem texts never contain a BSN, onderwijsnummer or date of birth: they name
+the field only, and `LearnerRow` hides them from its repr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcsync.adapter import LearnerRow
+from mcsync.csvio import CsvFile, CsvRow
+from mcsync.errors import InputProblem
+
+from ._common import clean_cells, parse_date
+from ._csvbase import CsvFileAdapter, CsvOptions
+
+class LearnerColumns(BaseModel):
+    """Column names in the file; the defaults are the documented ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student_number: str = Field(default="student_number", description="column with the student number (required)")
+    bsn: str = Field(default="bsn", description="column with the BSN")
+    onderwijsnummer: str = Field(default="onderwijsnummer", description="column with the onderwijsnummer")
+    date_of_birth: str = Field(default="date_of_birth", description="column with the date of birth")
+    given_name: str = Field(default="given_name", description="column with the given name(s)")
+    family_name_prefix: str = Field(default="family_name_prefix", description="column with the tussenvoegsel")
+    family_name: str = Field(default="family_name", description="column with the family name")
+    email: str = Field(default="email", description="column with the e-mail address")
+    eppn: str = Field(default="eppn", description="column with the eduPersonPrincipalName")
+
+
+class LearnersOptions(CsvOptions):
+    columns: LearnerColumns = Field(default_factory=LearnerColumns,
+                                    description="column names, when the file does not use the standard ones")
+    date_format: str | None = Field(
+        default=None, description="strptime format of date_of_birth, e.g. '%d-%m-%Y'; ISO dates are always accepted")
+
+
+def valid_bsn(digits: str) -> bool:
+    """Nine digits passing the elfproef: 9·d1 + 8·d2 + … + 2·d8 − d9 is a multiple of 11 (not 0)."""
+    if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - int(digits[8])
+    return total % 11 == 0 and total != 0
+
+
+def valid_onderwijsnummer(digits: str) -> bool:
+    """Nine digits, weighted like the elfproef but with remainder 5 (DUO's rule)."""
+    if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - int(digits[8])
+    return total % 11 == 5
+
+
+@dataclass(frozen=True)
+class _Plan:
+    columns: dict[str, str]          # LearnerRow field → column name, for the columns present
+
+
+class LearnersCsvAdapter(CsvFileAdapter[_Plan]):
+    """SIS personal data → learner rows (see the module docstring)."""
+
+    name = "learners-csv"
+    kind = "learners"
+    Options = LearnersOptions
+    options: LearnersOptions
+
+    def prepare(self, csv_file: CsvFile) -> _Plan | InputProblem:
+        mapped = self.options.columns.model_dump()
+        missing = csv_file.require(mapped["student_number"], what="a learners file")
+        if missing is not None:
+            return missing
+        return _Plan(columns={key: column for key, column in mapped.items() if column in csv_file.header})
+
+    def convert(self, row: CsvRow, plan: _Plan) -> LearnerRow | InputProblem | None:
+        columns = plan.columns
+        values = {key: row.get(column) for key, column in columns.items()}
+        if values["student_number"] is None:
+            return self.problem(row, columns["student_number"], "row has no student number")
+        bsn = values.pop("bsn", None)
+        if bsn is not None:
+            bsn = bsn.replace(" ", "").replace(".", "")
+            if len(bsn) == 8 and bsn.isdigit():
+                bsn = "0" + bsn
+            if not valid_bsn(bsn):
+                return self.problem(row, columns["bsn"], "not a valid BSN (nine digits passing the elfproef)",
+                                    hint="correct it in the SIS; mcsync never sends an invalid BSN")
+        onderwijsnummer = values.pop("onderwijsnummer", None)
+        if onderwijsnummer is not None and not valid_onderwijsnummer(onderwijsnummer.replace(" ", "")):
+            return self.problem(row, columns["onderwijsnummer"], "not a valid onderwijsnummer (nine digits, check 5)")
+        birth = values.pop("date_of_birth", None)
+        date_of_birth: date | None = None
+        if birth is not None:
+            try:
+                date_of_birth = parse_date(birth, [self.options.date_format] if self.options.date_format else [])
+            except ValueError:
+                return self.problem(row, columns["date_of_birth"], "not a date"
+                                    + (f" in format {self.options.date_format}" if self.options.date_format
+                                       else " (YYYY-MM-DD)"))
+        cells = clean_cells({key: (columns[key], value) for key, value in values.items()})
+        student_number = cells.get("student_number")
+        assert student_number is not None  # checked above
+        return LearnerRow(location=self.context.location(row.file, row.line), student_number=student_number,
+                          bsn=bsn, onderwijsnummer=onderwijsnummer.replace(" ", "") if onderwijsnummer else None,
+                          date_of_birth=date_of_birth, given_name=cells.get("given_name"),
+                          family_name_prefix=cells.get("family_name_prefix"), family_name=cells.get("family_name"),
+                          email=cells.get("email"), eppn=cells.get("eppn"))
