@@ -36,12 +36,12 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_sync_status_failures_and_retry(cli_inst, capsys):
     config = str(cli_inst.folder / "mcsync.toml")
     code, out, err = run_cli(capsys, "--config", config, "sync")
-    assert code == 0 and "mapped 12 records" in out, err
+    assert code == 0 and "mapped 15 records" in out, err
     code, out, _ = run_cli(capsys, "--config", config, "status", "--json")
     status = json.loads(out)
-    assert code == 0 and status["records"] == 12
+    assert code == 0 and status["records"] == 15
     assert {k: status["targets"]["duo"][k] for k in ("pending", "delivered", "failed")} == \
-        {"pending": 0, "delivered": 9, "failed": 0}
+        {"pending": 0, "delivered": 11, "failed": 0}
     assert status["last_run"]["exit_code"] == 0
 
     cli_inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;11;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
@@ -81,7 +81,7 @@ def test_validate_reads_everything_and_contacts_nobody(cli_inst, capsys):
     config = str(cli_inst.folder / "mcsync.toml")
     code, out, _ = run_cli(capsys, "--config", config, "validate")
     assert code == 0, out
-    assert "target rio: settings OK" in out and "learners learners: 6 learners, 0 problems" in out
+    assert "target rio: settings OK" in out and "learners learners: 11 learners, 0 problems" in out
     assert "source oneroster (oneroster-csv, mapping mapping.toml: 3 microcredentials): 1 exempt, 1 failed, 5 passed" in out
     assert sum(c.requests for c in cli_inst.sandbox.counters.values()) == 0
     cli_inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;11;2025-06-27;A;;Dijk;a.vandijk@student.hz.nl\n")
@@ -109,4 +109,4 @@ def test_demo_is_the_main_job(capsys):
     first, second = out.split("== second sync")[0], out.split("== second sync")[1]
     assert "write requests to the national systems: 0" in second
     assert "write requests to the national systems: 0" not in first
-    assert '"delivered": 9' in out and "sandbox now holds" in out
+    assert '"delivered": 11' in out and "sandbox now holds" in out

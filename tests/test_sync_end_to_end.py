@@ -27,21 +27,22 @@ def eppn(number: str) -> str:
 def test_first_sync_delivers_every_passed_record_once_and_the_second_sends_nothing(inst):
     report = inst.run()
     assert report.exit_code == 0 and report.problems == 0
-    passed = report.mapped - 3          # 5.2 fails, ONV fails, the exemption is never issued
-    assert report.targets["edubadges"].confirmed == passed == 9
-    assert report.targets["duo"].confirmed == 9 and report.targets["rio"].confirmed == 3
+    passed = report.mapped - 4          # 5.2, ONV and 4.9 fail; the exemption is never issued
+    assert report.targets["edubadges"].confirmed == passed == 11
+    assert report.targets["duo"].confirmed == 11 and report.targets["rio"].confirmed == 3
+    assert set(report.sources) == {"oneroster", "osiris", "canvas", "moodle"}
     edu = inst.sandbox.edubadges
     assert edu.awards_for(eppn("2210451"), "Xy9Zv1aFwREargJY47cO8w") == 1     # 7.5
     assert edu.awards_for(eppn("2198733"), "Xy9Zv1aFwREargJY47cO8w") == 0     # 5.2
     # every register entry references a unit code that the sandbox RIO issued
     codes = {reg.text("opleidingseenheidcode") for reg in inst.sandbox.duo.registrations.values()}
-    assert len(inst.sandbox.duo.registrations) == 9 and len(codes) == 3
+    assert len(inst.sandbox.duo.registrations) == 11 and len(codes) == 3
     assert all(inst.sandbox.rio.unit_element(code, visible_only=True) is not None for code in codes)
 
     writes = inst.sandbox.write_requests()
     again = inst.run()
     assert inst.sandbox.write_requests() == writes          # zero write requests
-    assert again.unchanged == again.mapped == 12 and again.changed == 0 and again.exit_code == 0
+    assert again.unchanged == again.mapped == 15 and again.changed == 0 and again.exit_code == 0
 
 
 def test_grade_5_5_is_awarded_and_5_4_is_not(inst):
@@ -72,7 +73,7 @@ def test_broken_rows_are_reported_with_file_line_and_reason_and_the_rest_goes_th
                 ";MC-DATA01;8,0;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")         # line 9
     report = inst.run()
     assert report.exit_code == 1 and report.problems == 3
-    assert report.targets["edubadges"].confirmed == 9 and report.targets["duo"].confirmed == 9
+    assert report.targets["edubadges"].confirmed == 11 and report.targets["duo"].confirmed == 11
     store = inst.store()
     try:
         problems = {f.location.line: f for f in store.failures() if f.location}
@@ -111,7 +112,7 @@ def test_a_broken_mapping_parks_its_source_and_the_others_go_on(inst):
 
 def test_dry_run_contacts_nobody_and_changes_nothing(inst):
     report = inst.run(dry_run=True)
-    assert report.targets["edubadges"].confirmed == 9        # would send
+    assert report.targets["edubadges"].confirmed == 11       # would send
     assert inst.sandbox.write_requests() == 0
     assert sum(c.requests for c in inst.sandbox.counters.values()) == 0
     store = inst.store()
@@ -129,8 +130,8 @@ def test_status_json_matches_the_interface(inst):
     finally:
         store.close()
     json.dumps(data)
-    assert data["records"] == 12
-    for name, delivered in (("edubadges", 9), ("duo", 9), ("rio", 3)):
+    assert data["records"] == 15
+    for name, delivered in (("edubadges", 11), ("duo", 11), ("rio", 3)):
         assert data["targets"][name]["delivered"] == delivered
         assert data["targets"][name]["pending"] == 0 and data["targets"][name]["failed"] == 0
     assert set(data["last_run"]) >= {"started_at", "finished_at", "exit_code"}

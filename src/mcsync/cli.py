@@ -172,6 +172,8 @@ def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_js
     print(f"{title}: read {report.read} rows, mapped {report.mapped} records "
           f"({report.changed} new or changed, {report.unchanged} unchanged), "
           f"{report.problems} input problems, {report.learners} learners in the directory")
+    if report.sources:
+        print("  from " + ", ".join(f"{name} {stats['read']} rows" for name, stats in report.sources.items()))
     for name, t in report.targets.items():
         if report.dry_run:
             print(f"  {name:<10} would send {t.confirmed}, would withdraw {t.withdrawn}")
