@@ -32,8 +32,10 @@ def validate(config: Config) -> int:
             cls = plugins.load(plugins.TARGET_GROUP, name)
             settings = plugin_settings(cls.Settings, dict(config.target_table(name) or {}),
                                        config=config, key=f"targets.{name}")
-            cls(settings, context)
+            target = cls(settings, context)
             print(f"target {name}: settings OK")
+            for line in getattr(target, "describe", lambda: [])():
+                print(f"  {line}")
         except ConfigError as exc:
             errors.append(str(exc))
     for entry in config.settings.learners:

@@ -92,7 +92,11 @@ class Ledger(Protocol):
 
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:
-        """Mark the items in_flight (attempts + 1) *before* a remote call that may write."""
+        """Mark the items in_flight (attempts + 1) *before* a remote call that may write.
+
+        `data` is merged into the stored remote data (keys set to None are removed); the other
+        calls that take a `remote` replace it whole.
+        """
 
     def submitted(self, key: str, *, remote: RemoteRef, note: str | None = None) -> None:
         """The remote took the write; its final answer comes later (poll on the next deliver)."""
