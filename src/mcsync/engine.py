@@ -30,6 +30,9 @@ One run, in order:
    its work queued; an unexpected error in a target is logged and leaves its items as they are
    (in_flight ones are reconciled on the next run).
 
+   A shutdown request (`stop`, set by the daemon's signal handler) is honoured between chunks and
+   during every back-off wait: the delivery in hand finishes or stays in_flight, the rest stays queued.
+
 5. **Report.** A summary (read, mapped, unchanged, problems, per-target outcomes) goes to the log
    and the runs table. Exit code: 1 when something needs a person (parked deliveries, input
    problems), else 75 when a target was unavailable, else 0.
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +57,7 @@ import httpx
 from . import plugins
 from .adapter import Adapter, AdapterContext, LearnerRow, RawResult
 from .config import Config, SourceSettings, plugin_settings
-from .errors import ConfigError, DeliveryError, InputProblem, Location, TargetUnavailable
+from .errors import ConfigError, DeliveryError, InputProblem, Location, ShutdownRequested, TargetUnavailable
 from .mapping import Mapping, load_mapping, to_record
 from .record import Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, stable_hash
 from .state.store import Problem, StateStore
@@ -100,6 +104,7 @@ class RunReport:
     learners: int = 0
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     targets: dict[str, TargetReport] = field(default_factory=dict)
+    interrupted: str | None = None   # a shutdown stopped delivery; the rest is queued
     exit_code: int = EXIT_OK
     started_at: float = field(default_factory=time.monotonic)
 
@@ -111,7 +116,7 @@ class RunReport:
             "sources": self.sources,
             "targets": {name: {k: v for k, v in vars(t).items() if v not in (None,)}
                         for name, t in self.targets.items()},
-            "exit_code": self.exit_code, "seconds": round(time.monotonic() - self.started_at, 3)}
+            "interrupted": self.interrupted, "exit_code": self.exit_code, "seconds": round(time.monotonic() - self.started_at, 3)}
 
 
 TransportFactory = Callable[[str], httpx.AsyncBaseTransport | None]
@@ -156,12 +161,14 @@ class Engine:
 
     def __init__(self, config: Config, store: StateStore, *,
                  transports: TransportFactory | None = None, sleep: Any = None,
-                 today: Callable[[], date] = date.today) -> None:
+                 today: Callable[[], date] = date.today, stop: threading.Event | None = None) -> None:
         self.config = config
         self.store = store
         self.issuer = config.settings.institution.issuer()
         self.transports = transports or (lambda name: None)
-        self.sleep = sleep
+        self.stop = stop or threading.Event()
+        # targets wait through this sleep: it ends at once, with ShutdownRequested, when `stop` is set
+        self.sleep = sleep or self._interruptible_sleep
         self.today = today
         self._targets: dict[str, Target] = {}
         self._mappings: dict[str, Mapping] = {}
@@ -242,7 +249,7 @@ class Engine:
             return EXIT_NEEDS_PERSON
         if report.dry_run and report.problems:
             return EXIT_NEEDS_PERSON
-        if any(t.unavailable for t in report.targets.values()):
+        if report.interrupted or any(t.unavailable for t in report.targets.values()):
             return EXIT_UNAVAILABLE
         return EXIT_OK
 
@@ -400,6 +407,15 @@ class Engine:
         return found
 
     # ------------------------------------------------------------------ 4. deliver
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.is_set():
+                raise ShutdownRequested("stopping: a shutdown was requested during a wait")
+            await asyncio.sleep(min(left, 0.1))
+        if self.stop.is_set():
+            raise ShutdownRequested("stopping: a shutdown was requested during a wait")
+
     async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
         for name, target in self.targets().items():
             if only_targets and name not in only_targets:
@@ -408,7 +424,14 @@ class Engine:
             ledger = CountingLedger(self.store.ledger(name), treport)
             try:
                 for chunk in self._work_chunks(name, target):
+                    if self.stop.is_set():
+                        raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
                     await target.deliver(chunk, ledger)
+            except ShutdownRequested as exc:
+                report.interrupted = exc.message
+                log.warning("%s; %s keeps its remaining work queued", exc.message, name,
+                            extra={"target": name, "event": "shutdown"})
+                return
             except TargetUnavailable as exc:
                 treport.unavailable = exc.message
                 log.error("target %s unavailable, its work stays queued: %s", name, exc.message,

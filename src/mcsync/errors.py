@@ -14,6 +14,9 @@ messages or status codes to decide what to do, it looks at the class.
         ├── TargetUnavailable  stop this target for this run, keep its work queued (exit 75)
         └── UnknownOutcome     the call may have been applied: reconcile before sending again
 
+`ShutdownRequested` stands apart (a BaseException): a signal asked us to stop; work in hand
+finishes or stays in_flight, the rest stays queued.
+
 Every error carries the context a person needs (file, line, field; target, key, remote code)
 and a `hint` that says what to do. Error texts never contain secrets or BSNs: callers put
 personal data in structured fields, not in messages.
@@ -114,6 +117,17 @@ class TargetUnavailable(DeliveryError):
     """The target is down or refuses service: stop it for this run, keep its work queued."""
 
     hint = "the work stays queued and goes out on the next run"
+
+
+class ShutdownRequested(BaseException):
+    """A signal asked mcsync to stop: finish what is in hand, keep the rest queued (exit 75).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` in a target swallows it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class UnknownOutcome(DeliveryError):
