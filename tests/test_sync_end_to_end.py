@@ -42,7 +42,22 @@ def test_first_sync_delivers_every_passed_record_once_and_the_second_sends_nothi
     writes = inst.sandbox.write_requests()
     again = inst.run()
     assert inst.sandbox.write_requests() == writes          # zero write requests
-    assert again.unchanged == again.mapped == 15 and again.changed == 0 and again.exit_code == 0
+    assert sorted(again.skipped) == ["canvas", "learners:learners", "moodle", "oneroster", "osiris"]
+    assert again.read == 0 and again.changed == 0 and again.exit_code == 0
+    full = inst.run(full=True)                               # read everything, compare row by row
+    assert inst.sandbox.write_requests() == writes
+    assert full.unchanged == full.mapped == 15 and full.changed == 0 and full.exit_code == 0
+
+
+def test_a_changed_export_is_read_again_and_only_its_changes_go_out(inst):
+    inst.run()
+    writes = inst.sandbox.write_requests()
+    inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;6,5;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
+    report = inst.run()
+    assert set(report.skipped) == {"canvas", "learners:learners", "moodle", "oneroster"}
+    assert report.changed == 1 and report.unchanged == 5
+    assert report.targets["edubadges"].confirmed == 1 and report.targets["duo"].confirmed == 1
+    assert inst.sandbox.write_requests() == writes + 2      # one bundle, one delivery
 
 
 def test_grade_5_5_is_awarded_and_5_4_is_not(inst):

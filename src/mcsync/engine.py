@@ -44,6 +44,7 @@ send; no remote system is contacted and the state is left as it was.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -53,14 +54,16 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from . import plugins
+from . import inputs, plugins
 from .adapter import Adapter, AdapterContext, LearnerRow, RawResult
 from .config import Config, SourceSettings, plugin_settings
 from .errors import ConfigError, DeliveryError, InputProblem, Location, ShutdownRequested, TargetUnavailable
 from .mapping import Mapping, load_mapping, to_record
-from .record import Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, stable_hash
-from .state.store import Problem, StateStore
+from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, definition_digest,
+                     make_record_id, stable_hash)
+from .state.store import Problem, StateStore, StoredRecord
 from .targets.base import RemoteRef, Target, TargetContext, WorkItem, catalogue_key
 
 log = logging.getLogger("mcsync.engine")
@@ -102,6 +105,8 @@ class RunReport:
     changed: int = 0
     problems: int = 0
     learners: int = 0
+    vanished: int = 0         # records no longer in their export, withdrawn in this run
+    skipped: list[str] = field(default_factory=list)   # inputs whose files did not change: not read
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     targets: dict[str, TargetReport] = field(default_factory=dict)
     interrupted: str | None = None   # a shutdown stopped delivery; the rest is queued
@@ -113,7 +118,7 @@ class RunReport:
             "run_id": self.run_id, "dry_run": self.dry_run, "read": self.read, "mapped": self.mapped,
             "no_result": self.no_result, "superseded": self.superseded, "unchanged": self.unchanged,
             "changed": self.changed, "problems": self.problems, "learners": self.learners,
-            "sources": self.sources,
+            "vanished": self.vanished, "skipped": self.skipped, "sources": self.sources,
             "targets": {name: {k: v for k, v in vars(t).items() if v not in (None,)}
                         for name, t in self.targets.items()},
             "interrupted": self.interrupted, "exit_code": self.exit_code, "seconds": round(time.monotonic() - self.started_at, 3)}
@@ -207,7 +212,11 @@ class Engine:
 
     # ------------------------------------------------------------------ run
     def run(self, *, dry_run: bool = False, sources: Sequence[str] = (), only_targets: Sequence[str] = (),
-            since: date | None = None, until: date | None = None, kind: str = "sync") -> RunReport:
+            since: date | None = None, until: date | None = None, kind: str = "sync", full: bool = False,
+            allow_withdrawals: bool = False) -> RunReport:
+        """One run (see the module docstring). `full` reads every export even if its files did not
+        change; `allow_withdrawals` overrides the guard against a suddenly shrunken export."""
+        self._allow_withdrawals = allow_withdrawals
         report = RunReport(dry_run=dry_run)
         targets = self.targets()
         unknown = [t for t in only_targets if t not in targets]
@@ -219,10 +228,10 @@ class Engine:
         try:
             if dry_run:
                 with self.store.scratch():
-                    self._read_and_plan(report, sources, since, until)
+                    self._read_and_plan(report, sources, since, until, full)
                     self._preview(report, only_targets)
             else:
-                self._read_and_plan(report, sources, since, until)
+                self._read_and_plan(report, sources, since, until, full)
         except BaseException:
             asyncio.run(self._close_targets())
             raise
@@ -254,12 +263,22 @@ class Engine:
         return EXIT_OK
 
     # ------------------------------------------------------------------ 1. learners
-    def _load_learners(self, report: RunReport) -> None:
+    def _load_learners(self, report: RunReport) -> str:
+        """Load the learner files that changed; returns the fingerprint of the whole directory."""
+        parts: list[str] = []
         for entry in self.config.settings.learners:
+            options = entry.all_options()
+            key = f"learners:{entry.name}"
+            fp = inputs.fingerprint(self.config.base_dir, entry.adapter, options)
+            if fp is not None and self.store.input_fingerprint(key) == fp:
+                report.skipped.append(key)          # the store holds exactly what this file says
+                parts.append(fp)
+                continue
             problems: list[Problem] = []
             batch: list[dict[str, Any]] = []
+            complete = True
             try:
-                adapter = self._adapter(entry.adapter, entry.all_options(), entry.name, expect="learners")
+                adapter = self._adapter(entry.adapter, options, entry.name, expect="learners")
                 for item in adapter.read():
                     if isinstance(item, InputProblem):
                         problems.append(Problem(item.location, item.reason))
@@ -275,27 +294,106 @@ class Engine:
                         report.learners += len(batch)
                         batch = []
             except ConfigError as exc:
+                complete = False
                 problems.append(Problem(Location(entry.name, str(self.config.path), None, "learners"), str(exc)))
             if batch:
                 self.store.put_learners(batch)
                 report.learners += len(batch)
             self.store.replace_problems(entry.name, problems, report.run_id)
             report.problems += len(problems)
+            if fp is not None and complete:
+                self.store.set_input_fingerprint(key, fp, report.run_id)
+            parts.append(fp if fp is not None and complete else report.run_id)
+        return stable_hash(parts)
 
     # ------------------------------------------------------------------ 2 + 3. read, map, plan
     def _read_and_plan(self, report: RunReport, only_sources: Sequence[str],
-                       since: date | None, until: date | None) -> None:
-        self._load_learners(report)
-        fingerprint = self.fingerprint()
+                       since: date | None, until: date | None, full: bool) -> None:
+        learners = self._load_learners(report)
+        base = stable_hash([learners, self.fingerprint(), self.today().isoformat()])
         winners: dict[str, tuple[date, int]] = {}
+        partial = since is not None or until is not None
+        read_in_full: dict[str, str | None] = {}
         for source in self.config.settings.sources:
             if not source.enabled or (only_sources and source.name not in only_sources):
                 continue
-            self._read_source(source, report, fingerprint, winners, since, until)
+            key = f"source:{source.name}"
+            fp = None if partial else self._source_fingerprint(source, base)
+            if fp is not None and not full and self.store.input_fingerprint(key) == fp:
+                report.skipped.append(source.name)
+                log.info("source %s: no export file changed since it was last read; skipped", source.name,
+                         extra={"source": source.name, "event": "source_unchanged"})
+                self._mapping_or_none(source)     # its definitions still count for catalogue targets
+                continue
+            complete = self._read_source(source, report, base, winners, since, until)
+            if complete and not partial:
+                read_in_full[source.name] = fp
+        refused = self._withdraw_vanished(report, list(read_in_full), winners)
+        for name, fp in read_in_full.items():
+            # a source the guard stopped is read again next time, so that a decision can still follow
+            if fp is not None and name not in refused:
+                self.store.set_input_fingerprint(f"source:{name}", fp, report.run_id)
         self._plan_catalogue(report)
 
-    def _read_source(self, source: SourceSettings, report: RunReport, fingerprint: str,
-                     winners: dict[str, tuple[date, int]], since: date | None, until: date | None) -> None:
+    def _withdraw_vanished(self, report: RunReport, sources: list[str], seen: dict[str, Any]) -> set[str]:
+        """Records that were read from a source before but are in none of this run's exports are
+        withdrawn everywhere, unless that looks like a broken export (the guard) rather than a decision.
+        Returns the sources the guard stopped."""
+        guard = self.config.settings.guard
+        refused: set[str] = set()
+        for source in sources:
+            known = self.store.source_record_ids(source)
+            gone = [rid for rid in known if rid not in seen]
+            if not gone:
+                continue
+            share = len(gone) / len(known)
+            if not self._allow_withdrawals and (len(gone) == len(known) or
+                                                (len(gone) >= guard.min_count and share > guard.max_withdraw_share)):
+                reason = (f"the export of source {source} lost {len(gone)} of its {len(known)} records since the "
+                          f"last run; nothing was withdrawn, because an export that shrinks this much is more "
+                          f"likely broken or truncated than right. If it is right, run `mcsync sync "
+                          f"--allow-withdrawals` once")
+                log.error(reason, extra={"source": source, "event": "withdrawal_guard"})
+                where = Location(source, str(self.config.path), None, "export")
+                self.store.replace_problems(f"{source}:guard", [Problem(where, reason)], report.run_id)
+                report.problems += 1
+                refused.add(source)
+                continue
+            self.store.replace_problems(f"{source}:guard", [], report.run_id)
+            reason = "no longer in the institution's export"
+            self.store.set_hold(gone, "vanished", reason)
+            self._withdraw(gone)
+            report.vanished += len(gone)
+            log.warning("source %s: %d records are no longer in the export; withdrawing them", source, len(gone),
+                        extra={"source": source, "event": "vanished"})
+        return refused
+
+    def _withdraw(self, record_ids: Sequence[str]) -> None:
+        """Nothing of these records should be at any per-record target (no target is contacted here)."""
+        for name in self.config.enabled_targets():
+            if getattr(plugins.load(plugins.TARGET_GROUP, name), "unit", "record") == "record":
+                self.store.set_desired(name, [(rid, None) for rid in record_ids])
+
+    def revoke(self, record_ids: Sequence[str], reason: str) -> int:
+        """`mcsync revoke`: withdraw these records everywhere and keep them withdrawn, whatever the exports say."""
+        known = self.store.stored(record_ids)
+        missing = [rid for rid in record_ids if rid not in known]
+        if missing:
+            raise ConfigError(f"unknown record id(s): {', '.join(missing)}", hint="see `mcsync status`")
+        self.store.set_hold(record_ids, "revoked", reason)
+        self._withdraw(record_ids)
+        return len(record_ids)
+
+    def _source_fingerprint(self, source: SourceSettings, base: str) -> str | None:
+        try:
+            mapping_text = self.config.resolve(source.mapping).read_bytes()
+        except OSError:
+            return None
+        return inputs.fingerprint(self.config.base_dir, source.adapter, source.options, mapping_text, base)
+
+    def _read_source(self, source: SourceSettings, report: RunReport, base: str,
+                     winners: dict[str, tuple[date, int]], since: date | None, until: date | None) -> bool:
+        """Read one source to the end; False when it could not be read completely."""
         stats = report.sources.setdefault(source.name, {"read": 0, "mapped": 0, "problems": 0})
         problems: list[Problem] = []
         try:
@@ -308,8 +406,9 @@ class Engine:
             self.store.replace_problems(source.name, problems, report.run_id)
             report.problems += 1
             stats["problems"] += 1
-            return
+            return False
         rows: list[RawResult] = []
+        complete = True
         try:
             for item in adapter.read():
                 if isinstance(item, InputProblem):
@@ -325,24 +424,50 @@ class Engine:
                     continue
                 rows.append(item)
                 if len(rows) >= BATCH:
-                    self._map_batch(rows, mapping, report, stats, problems, fingerprint, winners)
+                    self._map_batch(rows, mapping, report, stats, problems, base, winners)
                     rows = []
         except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
+            complete = False
             log.exception("source %s stopped while reading", source.name, extra={"source": source.name})
             problems.append(Problem(Location(source.name, str(source.options.get("path", "")), None, None),
                                     f"reading stopped: {exc}"))
         if rows:
-            self._map_batch(rows, mapping, report, stats, problems, fingerprint, winners)
+            self._map_batch(rows, mapping, report, stats, problems, base, winners)
         self.store.replace_problems(source.name, problems, report.run_id)
         report.problems += len(problems)
         stats["problems"] += len(problems)
+        return complete
 
     def _map_batch(self, rows: list[RawResult], mapping: Mapping, report: RunReport, stats: dict[str, int],
-                   problems: list[Problem], fingerprint: str, winners: dict[str, tuple[date, int]]) -> None:
+                   problems: list[Problem], base: str, winners: dict[str, tuple[date, int]]) -> None:
+        """Map a batch of rows. A row whose inputs (row, learner, definition, settings) hash to the plan
+        hash stored for its record is unchanged: it is counted and nothing else is done with it."""
         directory = self.store.learners(r.student_number.strip() for r in rows if r.student_number)
-        records: dict[str, MicrocredentialRecord] = {}
-        today = self.today()
+        grading = stable_hash([base, mapping.grading.model_dump(mode="json")])
+        keyed: list[tuple[RawResult, str | None, str | None]] = []
         for raw in rows:
+            has_result = raw.grade is not None or raw.status_hint is not None
+            definition = (mapping.definition_for(raw.course_code)
+                          if raw.course_code and raw.student_number and has_result else None)
+            if definition is None:
+                keyed.append((raw, None, None))
+                continue
+            number = raw.student_number.strip()  # type: ignore[union-attr]
+            rid = str(make_record_id(self.issuer.brin, number, definition.code))
+            keyed.append((raw, rid, _row_hash(raw, directory.get(number), definition_digest(definition), grading)))
+        stored = self.store.stored([rid for _, rid, _ in keyed if rid is not None])
+        records: dict[str, tuple[MicrocredentialRecord, str]] = {}
+        today = self.today()
+        for raw, rid, row_hash in keyed:
+            before = stored.get(rid) if rid is not None else None
+            if before is not None and before.plan_hash == row_hash and rid not in winners and not before.hold:
+                rank = _quick_rank(raw, mapping)
+                if rank is not None:
+                    winners[rid] = rank          # type: ignore[index]
+                    report.mapped += 1
+                    report.unchanged += 1
+                    stats["mapped"] += 1
+                    continue
             known = directory.get(raw.student_number.strip()) if raw.student_number else None
             outcome = to_record(raw, mapping, self.issuer, _learner_from_directory(known), today=today)
             if outcome is None:
@@ -356,37 +481,42 @@ class Engine:
             if rid in winners and winners[rid] >= rank:
                 report.superseded += 1
                 continue
+            if rid not in winners:
+                report.mapped += 1
+                stats["mapped"] += 1
             winners[rid] = rank
-            records[rid] = outcome
-        report.mapped += len(records)
-        stats["mapped"] += len(records)
+            records[rid] = (outcome, row_hash or "")
         if records:
-            self._plan_records(list(records.values()), report, fingerprint)
+            self._plan_records(list(records.values()), stored, report)
 
-    def _plan_records(self, records: list[MicrocredentialRecord], report: RunReport, fingerprint: str) -> None:
-        stored = self.store.stored([str(r.record_id) for r in records])
+    def _plan_records(self, records: list[tuple[MicrocredentialRecord, str]],
+                      stored: dict[str, StoredRecord], report: RunReport) -> None:
+        missing = [str(r.record_id) for r, _ in records if str(r.record_id) not in stored]
+        if missing:
+            stored = {**stored, **self.store.stored(missing)}
         changed: list[tuple[MicrocredentialRecord, str, str]] = []
-        unchanged: list[str] = []
-        for record in records:
-            content = record.content_hash()
-            plan = stable_hash([content, fingerprint])
+        for record, row_hash in records:
             before = stored.get(str(record.record_id))
-            if before is not None and before.plan_hash == plan:
-                unchanged.append(str(record.record_id))
+            if before is not None and before.plan_hash == row_hash and not before.hold:
+                report.unchanged += 1
             else:
-                changed.append((record, content, plan))
-        report.unchanged += len(unchanged)
+                changed.append((record, record.content_hash(), row_hash))
         report.changed += len(changed)
-        if unchanged:
-            self.store.mark_seen(unchanged, report.run_id)
         if not changed:
             return
+        held = {rid: hold for rid, hold in ((str(r.record_id), stored.get(str(r.record_id))) for r, _, _ in changed)
+                if hold is not None and hold.hold}
         with self.store.transaction():
+            back = [rid for rid, s in held.items() if s.hold == "vanished"]
+            if back:                              # in the export again: planned like any other record
+                self.store.set_hold(back, None)
+            revoked = {rid for rid, s in held.items() if s.hold == "revoked"}
             self.store.put_records(changed, report.run_id)
             for name, target in self.targets().items():
                 if target.unit != "record":
                     continue
-                wanted = [(str(rec.record_id), target.desired(rec)) for rec, _, _ in changed]
+                wanted = [(str(rec.record_id), None if str(rec.record_id) in revoked else target.desired(rec))
+                          for rec, _, _ in changed]
                 report.targets[name].planned += self.store.set_desired(name, wanted)
 
     def _plan_catalogue(self, report: RunReport) -> None:
@@ -450,6 +580,8 @@ class Engine:
         for start in range(0, len(rows), DELIVERY_CHUNK):
             chunk = rows[start:start + DELIVERY_CHUNK]
             records = self.store.records([r.key for r in chunk]) if target.unit == "record" else {}
+            holds = (self.store.holds([r.key for r in chunk if r.desired_hash is None])
+                     if target.unit == "record" else {})
             items = []
             for row in chunk:
                 item = WorkItem(key=row.key, state=row.state, desired_hash=row.desired_hash,
@@ -457,6 +589,7 @@ class Engine:
                                 note=row.note)
                 if target.unit == "record":
                     item.record = records.get(row.key)
+                    item.withdraw_reason = holds.get(row.key, (None, None))[1]
                 else:
                     item.definition = definitions.get(row.key.removeprefix("mc:"))
                 items.append(item)
@@ -474,6 +607,12 @@ class Engine:
                     treport.confirmed += 1
 
     # ------------------------------------------------------------------ plumbing
+    def _mapping_or_none(self, source: SourceSettings) -> Mapping | None:
+        try:
+            return self._mapping(source)
+        except ConfigError:
+            return None
+
     def _mapping(self, source: SourceSettings) -> Mapping:
         if source.name not in self._mappings:
             self._mappings[source.name] = load_mapping(self.config.resolve(source.mapping))
@@ -505,6 +644,26 @@ def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]
     return [(name, targets[name]) for name in done]
 
 
+def _row_hash(raw: RawResult, learner: dict[str, Any] | None, definition: str, base: str) -> str:
+    """What decides a row's record: the row (not where it stands), its learner, its definition and
+    the settings. Equal hashes mean the record and every target's wish are unchanged."""
+    values = (raw.student_number, raw.course_code, raw.grade, raw.scale, raw.status_hint, raw.result_date,
+              raw.given_name, raw.family_name_prefix, raw.family_name, raw.email, raw.eppn)
+    text = repr((values, sorted(learner.items()) if learner else None, definition, base))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _quick_rank(raw: RawResult, mapping: Mapping) -> tuple[date, int] | None:
+    """The rank of an unchanged row (for duplicate detection) without building its record."""
+    if raw.result_date is None:
+        return None
+    try:
+        status, _ = mapping.grading.judge(raw.grade or "", raw.scale, raw.status_hint)
+    except ValueError:
+        return None
+    return raw.result_date, _STATUS_RANK[status]
+
+
 def _directory_learner(row: LearnerRow) -> dict[str, Any] | InputProblem:
     """A learner directory row as stored: validated, personal numbers kept (the store is private)."""
     try:
@@ -512,9 +671,8 @@ def _directory_learner(row: LearnerRow) -> dict[str, Any] | InputProblem:
                           family_name_prefix=row.family_name_prefix, family_name=row.family_name,
                           email=row.email or None, eppn=row.eppn or None, date_of_birth=row.date_of_birth,
                           bsn=row.bsn or None, onderwijsnummer=row.onderwijsnummer or None)
-    except Exception as exc:
-        errors = getattr(exc, "errors", lambda: [{"loc": ("row",), "msg": str(exc)}])()
-        first = errors[0]
+    except ValidationError as exc:
+        first = exc.errors()[0]
         field_name = str(first["loc"][0])
         return InputProblem(f"learner {field_name} {first['msg'].removeprefix('Value error, ')}",
                             Location(row.location.source, row.location.file, row.location.line, field_name))

@@ -41,7 +41,7 @@ def load(group: str, name: str) -> Any:
         known = ", ".join(sorted(found)) or "none installed"
         kind = "adapter" if group == ADAPTER_GROUP else "target"
         raise ConfigError(f"unknown {kind} {name!r} (installed: {known})",
-                          hint=f"install the package that provides it; `mcsync adapters` lists what is installed")
+                          hint="install the package that provides it; `mcsync adapters` lists what is installed")
     try:
         return found[name].load()
     except Exception as exc:  # a broken plugin must not look like a bug in mcsync

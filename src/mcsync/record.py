@@ -344,11 +344,14 @@ class MicrocredentialRecord(BaseModel):
 
     def to_state_json(self) -> str:
         """Serialise for the state store, personal numbers included (the store is private)."""
-        data = self.model_dump(mode="json")
+        text = self.model_dump_json()
+        if self.learner.bsn is None and self.learner.onderwijsnummer is None:
+            return text
+        data = json.loads(text)
         for name in ("bsn", "onderwijsnummer"):
             secret = getattr(self.learner, name)
             data["learner"][name] = secret.get_secret_value() if secret else None
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_state_json(cls, text: str) -> MicrocredentialRecord:
@@ -356,9 +359,28 @@ class MicrocredentialRecord(BaseModel):
 
     def content_hash(self) -> str:
         """Hash of everything but provenance: the same result read from another file is no change."""
-        data = json.loads(self.to_state_json())
-        data.pop("provenance")
-        return stable_hash(data)
+        digest = hashlib.sha256()
+        digest.update(definition_digest(self.microcredential).encode())
+        for part in (self.issuer, self.learner, self.result):
+            digest.update(b"\x1e" + part.model_dump_json().encode())
+        for secret in (self.learner.bsn, self.learner.onderwijsnummer):   # masked in model_dump_json
+            digest.update(b"\x1e" + (secret.get_secret_value().encode() if secret else b""))
+        return digest.hexdigest()
+
+
+_definition_digests: dict[int, tuple[MicrocredentialDefinition, str]] = {}
+
+
+def definition_digest(definition: MicrocredentialDefinition) -> str:
+    """A definition's content hash, computed once per (immutable) definition object."""
+    cached = _definition_digests.get(id(definition))
+    if cached is not None and cached[0] is definition:
+        return cached[1]
+    value = hashlib.sha256(definition.model_dump_json().encode()).hexdigest()
+    if len(_definition_digests) > 4096:
+        _definition_digests.clear()
+    _definition_digests[id(definition)] = (definition, value)
+    return value
 
 
 def stable_hash(data: Any) -> str:

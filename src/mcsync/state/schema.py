@@ -11,6 +11,9 @@ Tables:
 - `records`     the canonical records (JSON) with their content hash and plan hash.
 - `deliveries`  the outbox: one row per (target, key); see mcsync.targets.base for the states.
 - `problems`    input that needs a person (file, line, field, reason); replaced per source per run.
+- `inputs`      (v2) the fingerprint of each export as last read in full, so an unchanged one is skipped.
+  `records.hold` (v2): why a record must not be at the targets whatever its result: "vanished" (no
+  longer in its export) or "revoked" (`mcsync revoke`), with `hold_reason` in words.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE problems (source TEXT NOT NULL, fingerprint TEXT NOT NULL, file TEXT, line INTEGER, "
         "field TEXT, reason TEXT NOT NULL, record_id TEXT, since TEXT NOT NULL, seen_run TEXT NOT NULL, "
         "PRIMARY KEY (source, fingerprint))",
+    ],
+    [  # 1 -> 2: input fingerprints (skip unchanged exports) and holds (withdrawn on purpose)
+        "CREATE TABLE inputs (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, "
+        "updated_at TEXT NOT NULL)",
+        "ALTER TABLE records ADD COLUMN hold TEXT",
+        "ALTER TABLE records ADD COLUMN hold_reason TEXT",
     ],
 ]
 

@@ -145,6 +145,22 @@ class SqliteStateStore:
         return RunInfo(row[0], row[1], started, _parse_ts(row[3]), row[4],
                        json.loads(row[5]) if row[5] else {})
 
+    # input fingerprints -------------------------------------------------------------------------
+    def input_fingerprint(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT fingerprint FROM inputs WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_input_fingerprint(self, name: str, fingerprint: str, run_id: str) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO inputs(name, fingerprint, run_id, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET fingerprint = excluded.fingerprint, run_id = excluded.run_id, "
+                "updated_at = excluded.updated_at", (name, fingerprint, run_id, _ts(now_utc())))
+
+    def forget_input_fingerprints(self) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM inputs")
+
     # learners --------------------------------------------------------------------------------------
     def put_learners(self, rows: Sequence[dict[str, Any]]) -> None:
         stamp = _ts(now_utc())
@@ -170,10 +186,31 @@ class SqliteStateStore:
         found: dict[str, StoredRecord] = {}
         for chunk in _chunks(list(record_ids)):
             marks = ",".join("?" * len(chunk))
-            for rid, chash, phash in self.conn.execute(
-                    f"SELECT record_id, content_hash, plan_hash FROM records WHERE record_id IN ({marks})",
+            for rid, chash, phash, hold in self.conn.execute(
+                    f"SELECT record_id, content_hash, plan_hash, hold FROM records WHERE record_id IN ({marks})",
                     chunk):
-                found[rid] = StoredRecord(rid, chash, phash)
+                found[rid] = StoredRecord(rid, chash, phash, hold)
+        return found
+
+    def source_record_ids(self, source: str) -> list[str]:
+        return [row[0] for row in self.conn.execute(
+            "SELECT record_id FROM records WHERE source = ? AND hold IS NULL", (source,))]
+
+    def set_hold(self, record_ids: Sequence[str], hold: str | None, reason: str | None = None) -> None:
+        stamp = _ts(now_utc())
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE records SET hold = ?, hold_reason = ?, plan_hash = '', updated_at = ? WHERE record_id = ?",
+                [(hold, reason if hold else None, stamp, rid) for rid in record_ids])
+
+    def holds(self, record_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        found: dict[str, tuple[str, str | None]] = {}
+        for chunk in _chunks(list(record_ids)):
+            marks = ",".join("?" * len(chunk))
+            for rid, hold, reason in self.conn.execute(
+                    f"SELECT record_id, hold, hold_reason FROM records WHERE hold IS NOT NULL "
+                    f"AND record_id IN ({marks})", chunk):
+                found[rid] = (hold, reason)
         return found
 
     def put_records(self, rows: Sequence[tuple[MicrocredentialRecord, str, str]], run_id: str) -> None:
@@ -192,11 +229,6 @@ class SqliteStateStore:
                 "content_hash = excluded.content_hash, plan_hash = excluded.plan_hash, data = excluded.data, "
                 "file = excluded.file, line = excluded.line, seen_run = excluded.seen_run, "
                 "updated_at = excluded.updated_at", params)
-
-    def mark_seen(self, record_ids: Sequence[str], run_id: str) -> None:
-        with self.transaction():
-            self.conn.executemany("UPDATE records SET seen_run = ? WHERE record_id = ?",
-                                  [(run_id, rid) for rid in record_ids])
 
     def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]:
         found: dict[str, MicrocredentialRecord] = {}

@@ -26,6 +26,7 @@ class StoredRecord:
     record_id: str
     content_hash: str
     plan_hash: str
+    hold: str | None = None          # "vanished" | "revoked": must not be at the targets
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ class StateStore(Protocol):
     def finish_run(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None: ...
     def last_run(self) -> RunInfo | None: ...
 
+    # input fingerprints ---------------------------------------------------------------------
+    def input_fingerprint(self, name: str) -> str | None:
+        """The fingerprint of input `name` ("source:<name>", "learners:<name>") as last read in full."""
+    def set_input_fingerprint(self, name: str, fingerprint: str, run_id: str) -> None: ...
+    def forget_input_fingerprints(self) -> None:
+        """Make the next run read every export again."""
+
     # learner directory ----------------------------------------------------------------------
     def put_learners(self, rows: Sequence[dict[str, Any]]) -> None: ...
     def learners(self, student_numbers: Iterable[str]) -> dict[str, dict[str, Any]]: ...
@@ -107,8 +115,12 @@ class StateStore(Protocol):
     def stored(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]: ...
     def put_records(self, rows: Sequence[tuple[MicrocredentialRecord, str, str]], run_id: str) -> None:
         """Upsert (record, content_hash, plan_hash) and mark them seen in this run."""
-    def mark_seen(self, record_ids: Sequence[str], run_id: str) -> None: ...
     def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]: ...
+    def source_record_ids(self, source: str) -> list[str]:
+        """The records last read from `source` that are not on hold."""
+    def set_hold(self, record_ids: Sequence[str], hold: str | None, reason: str | None = None) -> None:
+        """Put records on hold ("vanished", "revoked") or release them (None); a release re-plans them."""
+    def holds(self, record_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]: ...
     def record_count(self) -> int: ...
 
     # deliveries (the outbox) ----------------------------------------------------------------

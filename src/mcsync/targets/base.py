@@ -79,6 +79,7 @@ class WorkItem:
     record: MicrocredentialRecord | None = None              # unit "record": the latest version
     definition: MicrocredentialDefinition | None = None      # unit "microcredential"
     note: str | None = None                                  # why it waits / last error text
+    withdraw_reason: str | None = None                       # a person's or the engine's reason to withdraw
 
     @property
     def wants_withdrawal(self) -> bool:

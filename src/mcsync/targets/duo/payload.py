@@ -214,9 +214,14 @@ _REDEN = {
 }
 
 
-def intrekking(record_id: str, record: MicrocredentialRecord | None) -> Intrekking:
-    """The withdrawal of an accepted record that is no longer awardable, with the reason why."""
-    if record is None:
+def intrekking(record_id: str, record: MicrocredentialRecord | None, reason: str | None = None) -> Intrekking:
+    """The withdrawal of an accepted record that is no longer awardable, with the reason why.
+
+    `reason` is the institution's own (`mcsync revoke --reason`, or a record gone from its export).
+    """
+    if reason:
+        reden = reason[:200]
+    elif record is None:
         reden = "Resultaat niet meer in de administratie van de instelling"
     else:
         reden = _REDEN.get(record.result.status, "Resultaat gecorrigeerd: niet meer behaald")

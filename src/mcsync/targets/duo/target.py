@@ -301,7 +301,7 @@ class DuoRegisterTarget:
     def _build(self, item: WorkItem, ledger: Ledger) -> _Entry | _Hold:
         """The element an item needs at the register now, or why it cannot go (no calls, no writes)."""
         if item.wants_withdrawal:
-            entry = payload.intrekking(item.key, item.record)
+            entry = payload.intrekking(item.key, item.record, item.withdraw_reason)
             return _Entry(item, "intrekking", messages.element(entry), None, None)
         record = item.record
         if record is None:
@@ -386,7 +386,8 @@ class DuoRegisterTarget:
         answer = await self._register.post_levering(levering_id, body)
         n = len(entries)
         if answer.action is Action.SUBMITTED:
-            opened = [(e.item, self._sent(levering_id, body, entries, e)) for e in entries]
+            digest = _sha256(body)
+            opened = [(e.item, self._sent(levering_id, digest, entries, e)) for e in entries]
             with ledger.transaction():
                 for item, sent in opened:
                     self._submitted(item, sent, ledger)
@@ -447,18 +448,19 @@ class DuoRegisterTarget:
                 f"the record does not match the register's schema ({errors[0]}); correct the data", code="XSD001"))
         return await self._send([e for e, _ in fits], ledger) if fits else {}
 
-    def _sent(self, levering_id: str, body: bytes, entries: list[_Entry], e: _Entry, *,
-              with_body: bool = False) -> Sent:
+    def _sent(self, levering_id: str, digest: str, entries: list[_Entry], e: _Entry, *,
+              packed: str | None = None) -> Sent:
+        """What the row of `e` records about the delivery; the holder (first entry) also keeps `packed`."""
         holder = entries[0].item.key
-        return Sent(levering_id=levering_id, body_sha256=_sha256(body), holder=holder, kind=e.kind,
-                    sent_hash=e.sent_hash, unit=e.unit,
-                    body=_pack(body) if with_body and e.item.key == holder else None)
+        return Sent(levering_id=levering_id, body_sha256=digest, holder=holder, kind=e.kind,
+                    sent_hash=e.sent_hash, unit=e.unit, body=packed if e.item.key == holder else None)
 
     def _begin(self, levering_id: str, body: bytes, entries: list[_Entry], ledger: Ledger) -> None:
         """Store the leveringId and the exact body before the POST (one commit)."""
+        digest, packed = _sha256(body), _pack(body)
         with ledger.transaction():
             for e in entries:
-                data = self._sent(levering_id, body, entries, e, with_body=True).model_dump()
+                data = self._sent(levering_id, digest, entries, e, packed=packed).model_dump()
                 ledger.begin([e.item.key], correlation_id=levering_id, data=data)  # None removes stale keys
 
     def _submitted(self, item: WorkItem, sent: Sent, ledger: Ledger) -> None:

@@ -104,27 +104,40 @@ def _assertion(assertion: BundleAssertion) -> Located:
     return Located(Held.CLAIMED, "assertion", assertion.entity_id, "claimed")
 
 
-def find_in_bundle(bundle: Bundle, ref: AwardRef) -> Located | None:
-    """The award in its bundle: by id, else by eppn (direct award first, then assertion), else a claimed
-    one by a unique e-mail address."""
+class BundleIndex:
+    """A bundle's awards indexed once, so finding each of its hundreds of members is a lookup."""
 
-    def first(field: Literal["entity_id", "eppn"], value: str | None) -> Located | None:
-        if not value:
-            return None
+    def __init__(self, bundle: Bundle) -> None:
+        self.by_id: dict[str, Located] = {}
+        self.by_eppn: dict[str, Located] = {}
+        emails: dict[str, list[Located]] = {}
+        # direct awards before assertions, first one wins: the order find_in_bundle has always used
         for award in bundle.direct_awards:
-            if getattr(award, field) == value:
-                return _direct_award(award)
+            located = _direct_award(award)
+            self.by_id.setdefault(award.entity_id, located)
+            if award.eppn:
+                self.by_eppn.setdefault(award.eppn, located)
         for assertion in bundle.badge_assertions:
-            if getattr(assertion, field) == value:
-                return _assertion(assertion)
-        return None
+            located = _assertion(assertion)
+            self.by_id.setdefault(assertion.entity_id, located)
+            if assertion.eppn:
+                self.by_eppn.setdefault(assertion.eppn, located)
+            if assertion.email:
+                emails.setdefault(assertion.email, []).append(located)
+        self.unique_email = {email: found[0] for email, found in emails.items() if len(found) == 1}
 
-    found = first("entity_id", ref.entity_id) or first("eppn", ref.eppn)
-    if found is None and ref.email:
-        same = [a for a in bundle.badge_assertions if a.email == ref.email]
-        if len(same) == 1:
-            found = _assertion(same[0])
-    return found
+    def find(self, ref: AwardRef) -> Located | None:
+        """By id, else by eppn (direct award first, then assertion), else a claimed one by a unique e-mail."""
+        found = (self.by_id.get(ref.entity_id) if ref.entity_id else None) or \
+            (self.by_eppn.get(ref.eppn) if ref.eppn else None)
+        if found is None and ref.email:
+            found = self.unique_email.get(ref.email)
+        return found
+
+
+def find_in_bundle(bundle: Bundle, ref: AwardRef) -> Located | None:
+    """The award in its bundle (see BundleIndex.find); index the bundle yourself for many lookups."""
+    return BundleIndex(bundle).find(ref)
 
 
 class RemoteView:

@@ -68,7 +68,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -84,7 +84,7 @@ from .awards import AwardBuilder, Unsendable, badgeclass_of, desired_hash
 from .client import EdubadgesClient, encode
 from .errors import EdubadgesRejection, Meaning, describe_field_errors, parse_rejections, text_rule
 from .models import AwardRequest, create_request
-from .remote import AwardRef, Held, Located, RemoteView, find_in_bundle
+from .remote import AwardRef, BundleIndex, Held, Located, RemoteView
 from .settings import EdubadgesSettings
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class Attempt:
 
     def as_data(self) -> dict[str, Any]:
         # every key is written (None included) so that begin()'s JSON merge leaves nothing stale behind
-        return {"attempt": {**asdict(self), "at": self.at.isoformat()}}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}   # shallow: asdict() deep-copies
+        return {"attempt": {**values, "at": self.at.isoformat()}}
 
     @classmethod
     def of(cls, remote: RemoteRef) -> Attempt | None:
@@ -482,15 +483,18 @@ class Delivery:
             self.stop(exc)
             return []
         adopt: list[tuple[WorkItem, Attempt]] = []
-        for member in members:
-            attempt = attempts[member.item.key]
-            if attempt.rejected is not None:
-                self.refused_award(member.item, attempt, attempt.rejected, adopt)
-                continue
-            ref = attempt.ref()
-            located = (find_in_bundle(bundle, ref) if bundle is not None else None) or Located(Held.ABSENT)
-            note = None if located.held is not Held.ABSENT else f"created in bundle {bundle_id} but not listed in it"
-            self.confirm(member.item, attempt.hash, ref.remote(located, note=note))
+        index = BundleIndex(bundle) if bundle is not None else None
+        with self.ledger.transaction():               # one commit for the whole bundle
+            for member in members:
+                attempt = attempts[member.item.key]
+                if attempt.rejected is not None:
+                    self.refused_award(member.item, attempt, attempt.rejected, adopt)
+                    continue
+                ref = attempt.ref()
+                located = (index.find(ref) if index is not None else None) or Located(Held.ABSENT)
+                note = (None if located.held is not Held.ABSENT
+                        else f"created in bundle {bundle_id} but not listed in it")
+                self.confirm(member.item, attempt.hash, ref.remote(located, note=note))
         if adopt:
             await self.adopt(adopt)
         return []
