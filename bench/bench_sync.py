@@ -8,7 +8,9 @@ sandbox on 127.0.0.1 with `--latency` seconds added to every request, and times:
 
 1. the full sync (read, map, plan, deliver to RIO, Edubadges and the DUO register, including
    waiting for RIO's visibility and the register's processing reports);
-2. a second sync with the same exports: it must make zero write requests.
+2. a second sync with the same exports: it must make zero write requests (the exports' files are
+   unchanged, so they are not even read);
+3. a third one with `full=True` (`sync --full`): every row read and compared, still zero writes.
 
 Prints one JSON object with the figures and the machine they ran on; `bench/README.md` keeps them.
 """
@@ -20,14 +22,18 @@ import json
 import os
 import platform
 import random
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from mcsync.config import load_config
 from mcsync.engine import Engine
-from mcsync.sandbox import Sandbox
+from mcsync.sandbox import point_config
 from mcsync.state import SqliteStateStore
 
 FIRST_NAMES = ["Sanne", "Mohammed", "Femke", "Zoë", "Søren", "Anaïs", "Daan", "Lotte", "Noah", "Eva"]
@@ -63,13 +69,13 @@ def generate(folder: Path, records: int, microcredentials: int, seed: int = 7) -
                           f"{given};{prefix};{last};{email}\n")
             learners.write(f"{number},,,{1980 + n % 25}-{1 + n % 12:02d}-{1 + n % 28:02d},{given},{prefix},"
                            f"{last},{email},\n")
-    (folder / "mcsync.toml").write_text(f"""
+    (folder / "mcsync.toml").write_text("""
 [institution]
 name = "Benchmark Hogeschool"
 brin = "99ZZ"
 oin = "0000000700099ZZ00000"
 onderwijsaanbiedercode = "110A133"
-eppn_template = "{{student_number}}@student.bench.nl"
+eppn_template = "{student_number}@student.bench.nl"
 
 [state]
 path = "bench.db"
@@ -104,18 +110,49 @@ enabled = true
 """, encoding="utf-8")
 
 
-def timed_run(config, sandbox: Sandbox) -> dict[str, float | int]:
+class SandboxProcess:
+    """`mcsync sandbox` in its own process (as in production the national systems are elsewhere):
+    so the figures measure mcsync, not a simulator sharing its interpreter."""
+
+    def __init__(self, config_path: Path, latency: float) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mcsync", "--config", str(config_path), "-q", "sandbox", "--port", str(port),
+             "--latency", str(latency)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/_sandbox/stats", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the sandbox did not start")
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/_sandbox/stats", timeout=10).json()
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def timed_run(config, sandbox: SandboxProcess, **options) -> dict[str, object]:
     store = SqliteStateStore(config.state_path)
     try:
-        writes_before = sandbox.write_requests()
+        writes_before = sandbox.stats()["write_requests"]
         started = time.perf_counter()
-        report = Engine(config, store).run()
+        report = Engine(config, store).run(**options)
         seconds = time.perf_counter() - started
         counts = store.counts()
     finally:
         store.close()
-    return {"seconds": round(seconds, 2), "mapped": report.mapped, "changed": report.changed,
-            "write_requests": sandbox.write_requests() - writes_before, "exit_code": report.exit_code,
+    return {"seconds": round(seconds, 2), "read": report.read, "mapped": report.mapped, "changed": report.changed,
+            "skipped": report.skipped,
+            "target_seconds": {name: t.seconds for name, t in report.targets.items()},
+            "write_requests": sandbox.stats()["write_requests"] - writes_before, "exit_code": report.exit_code,
             "delivered": {name: c.get("delivered", 0) for name, c in counts.items()},
             "not_delivered": {name: sum(v for k, v in c.items() if k != "delivered") for name, c in counts.items()}}
 
@@ -132,12 +169,13 @@ def main() -> int:
         generate(folder, args.records, args.microcredentials)
         generated = time.perf_counter() - started
         config = load_config(folder / "mcsync.toml")
-        sandbox = Sandbox.from_config(config, latency=args.latency, rio_visibility_delay=0.1,
-                                      duo_processing_delay=0.2).start()
+        sandbox = SandboxProcess(folder / "mcsync.toml", args.latency)
         try:
-            config = sandbox.point_config_here(config, state_path=folder / "bench.db")
+            config = point_config(config, sandbox.url, state_path=folder / "bench.db", signing_dir=folder / "pki")
             full = timed_run(config, sandbox)
             again = timed_run(config, sandbox)
+            full_read = timed_run(config, sandbox, full=True)
+            held = sandbox.stats()["summary"]
         finally:
             sandbox.close()
     result = {
@@ -145,6 +183,8 @@ def main() -> int:
         "generate_seconds": round(generated, 2),
         "full_sync": {**full, "records_per_second": round(args.records / full["seconds"], 1)},
         "no_change_resync": again,
+        "no_change_resync_reading_every_row": full_read,
+        "sandbox_holds": held,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
     }

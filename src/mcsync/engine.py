@@ -91,6 +91,7 @@ class TargetReport:
     in_flight: int = 0        # items left with an unknown outcome (reconciled next run)
     unavailable: str | None = None
     error: str | None = None
+    seconds: float = 0.0      # time spent delivering to this target
 
 
 @dataclass
@@ -547,38 +548,50 @@ class Engine:
             raise ShutdownRequested("stopping: a shutdown was requested during a wait")
 
     async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
-        for name, target in self.targets().items():
-            if only_targets and name not in only_targets:
-                continue
-            treport = report.targets[name]
-            ledger = CountingLedger(self.store.ledger(name), treport)
-            try:
-                for chunk in self._work_chunks(name, target):
-                    if self.stop.is_set():
-                        raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
-                    await target.deliver(chunk, ledger)
-            except ShutdownRequested as exc:
-                report.interrupted = exc.message
-                log.warning("%s; %s keeps its remaining work queued", exc.message, name,
-                            extra={"target": name, "event": "shutdown"})
+        """Targets in waves: each wave's targets run concurrently, after the waves they depend on.
+
+        Safe on one store: every ledger call runs on this event loop's thread, and no target awaits
+        inside a ledger transaction, so two targets' writes never interleave within a commit.
+        """
+        chosen = {name: target for name, target in self.targets().items()
+                  if not only_targets or name in only_targets}
+        for wave in _waves(chosen):
+            await asyncio.gather(*(self._deliver_target(name, chosen[name], report) for name in wave))
+            if report.interrupted:
                 return
-            except TargetUnavailable as exc:
-                treport.unavailable = exc.message
-                log.error("target %s unavailable, its work stays queued: %s", name, exc.message,
-                          extra={"target": name, "event": "target_unavailable"})
-            except Exception as exc:
-                treport.error = f"{type(exc).__name__}: {exc}"
-                log.exception("target %s stopped by an unexpected error; its items stay as they are",
-                              name, extra={"target": name, "event": "target_error"})
-            counts = self.store.counts().get(name, {})
-            treport.in_flight = counts.get("in_flight", 0)
+
+    async def _deliver_target(self, name: str, target: Target, report: RunReport) -> None:
+        treport = report.targets[name]
+        ledger = CountingLedger(self.store.ledger(name), treport)
+        started = time.monotonic()
+        try:
+            for chunk in self._work_chunks(name, target):
+                if self.stop.is_set():
+                    raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
+                await target.deliver(chunk, ledger)
+        except ShutdownRequested as exc:
+            report.interrupted = exc.message
+            log.warning("%s; %s keeps its remaining work queued", exc.message, name,
+                        extra={"target": name, "event": "shutdown"})
+        except TargetUnavailable as exc:
+            treport.unavailable = exc.message
+            log.error("target %s unavailable, its work stays queued: %s", name, exc.message,
+                      extra={"target": name, "event": "target_unavailable"})
+        except Exception as exc:
+            treport.error = f"{type(exc).__name__}: {exc}"
+            log.exception("target %s stopped by an unexpected error; its items stay as they are",
+                          name, extra={"target": name, "event": "target_error"})
+        finally:
+            treport.seconds = round(time.monotonic() - started, 3)
+        treport.in_flight = self.store.counts().get(name, {}).get("in_flight", 0)
 
     def _work_chunks(self, name: str, target: Target) -> Iterator[list[WorkItem]]:
         """Due work in chunks, with the latest records or definitions attached."""
         definitions = self.definitions()
+        size = int(getattr(target, "chunk_size", DELIVERY_CHUNK))   # a target may want larger batches
         rows = list(self.store.work(name, datetime.now(UTC)))
-        for start in range(0, len(rows), DELIVERY_CHUNK):
-            chunk = rows[start:start + DELIVERY_CHUNK]
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
             records = self.store.records([r.key for r in chunk]) if target.unit == "record" else {}
             holds = (self.store.holds([r.key for r in chunk if r.desired_hash is None])
                      if target.unit == "record" else {})
@@ -625,6 +638,14 @@ class Engine:
         opts = plugin_settings(cls.Options, options, config=self.config, key=f"sources.{source}.options")
         adapter: Adapter = cls(opts, AdapterContext(source=source, base_dir=self.config.base_dir))
         return adapter
+
+
+def _waves(targets: dict[str, Target]) -> list[list[str]]:
+    """Targets grouped so that each group depends only on earlier groups (or on absent targets)."""
+    level: dict[str, int] = {}
+    for name, target in targets.items():       # dependency order: dependencies come first
+        level[name] = 1 + max((level[d] for d in target.depends_on if d in level), default=-1)
+    return [[n for n in targets if level[n] == wave] for wave in range(max(level.values(), default=-1) + 1)]
 
 
 def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]]:

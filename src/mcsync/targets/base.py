@@ -150,6 +150,8 @@ class Target(Protocol):
     unit: ClassVar[Literal["record", "microcredential"]]
     depends_on: ClassVar[tuple[str, ...]]
     Settings: ClassVar[type[TargetSettings]]
+    # optional: `chunk_size: ClassVar[int]`, how many work items one deliver() call should get
+    # (default 2000); a target that polls for asynchronous answers wants larger chunks
 
     def __init__(self, settings: TargetSettings, context: TargetContext) -> None: ...
 

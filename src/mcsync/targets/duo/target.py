@@ -163,6 +163,7 @@ class DuoRegisterTarget:
     """Delivers awarded microcredentials to the DUO-style register (see the module docstring)."""
 
     name: ClassVar[str] = "duo"
+    chunk_size: ClassVar[int] = 20_000   # 20 deliveries posted, then their reports polled together
     unit: ClassVar[Literal["record", "microcredential"]] = "record"
     depends_on: ClassVar[tuple[str, ...]] = ("rio",)
     Settings: ClassVar[type[TargetSettings]] = DuoSettings

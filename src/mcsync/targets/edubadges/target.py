@@ -574,6 +574,7 @@ class EdubadgesTarget:
     """Direct awards in SURF Edubadges, one per passed record with a badge class (entry point `edubadges`)."""
 
     name: ClassVar[str] = "edubadges"
+    chunk_size: ClassVar[int] = 10_000   # full bundles (500 awards) for up to 20 badge classes per call
     unit: ClassVar[Literal["record", "microcredential"]] = "record"
     depends_on: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type[TargetSettings]] = EdubadgesSettings
