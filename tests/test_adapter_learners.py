@@ -8,7 +8,9 @@ from pathlib import Path
 from mcsync.adapter import LearnerRow
 from mcsync.errors import InputProblem
 from mcsync.testing import read_adapter
-from mcsync_adapters.learners import LearnersCsvAdapter, valid_bsn, valid_onderwijsnummer
+from mcsync.personal_numbers import passes_elfproef as valid_bsn
+from mcsync.personal_numbers import passes_onderwijsnummer_check as valid_onderwijsnummer
+from mcsync_adapters.learners import LearnersCsvAdapter
 
 SAMPLE = Path(__file__).parent / "fixtures" / "exports" / "learners" / "learners.csv"
 

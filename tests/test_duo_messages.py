@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from mcsync.record import ResultStatus
 from mcsync.targets.base import TargetContext
-from mcsync.targets.duo import DuoRegisterTarget, DuoSettings, bsn, messages, payload
+from mcsync import personal_numbers as bsn
+from mcsync.targets.duo import DuoRegisterTarget, DuoSettings, messages, payload
 from mcsync.targets.duo.errors import Action, Outcome, get_action, post_action, regel_outcome
 from mcsync.targets.duo.messages import MessageError, Regel, Signaal
 

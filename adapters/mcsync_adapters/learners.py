@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mcsync.adapter import LearnerRow
 from mcsync.csvio import CsvFile, CsvRow
 from mcsync.errors import InputProblem
+from mcsync.personal_numbers import passes_elfproef, passes_onderwijsnummer_check
 
 from ._common import clean_cells, parse_date
 from ._csvbase import CsvFileAdapter, CsvOptions
@@ -48,22 +49,6 @@ class LearnersOptions(CsvOptions):
                                     description="column names, when the file does not use the standard ones")
     date_format: str | None = Field(
         default=None, description="strptime format of date_of_birth, e.g. '%d-%m-%Y'; ISO dates are always accepted")
-
-
-def valid_bsn(digits: str) -> bool:
-    """Nine digits passing the elfproef: 9·d1 + 8·d2 + … + 2·d8 − d9 is a multiple of 11 (not 0)."""
-    if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
-        return False
-    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - int(digits[8])
-    return total % 11 == 0 and total != 0
-
-
-def valid_onderwijsnummer(digits: str) -> bool:
-    """Nine digits, weighted like the elfproef but with remainder 5 (DUO's rule)."""
-    if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
-        return False
-    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True)) - int(digits[8])
-    return total % 11 == 5
 
 
 @dataclass(frozen=True)
@@ -96,11 +81,11 @@ class LearnersCsvAdapter(CsvFileAdapter[_Plan]):
             bsn = bsn.replace(" ", "").replace(".", "")
             if len(bsn) == 8 and bsn.isdigit():
                 bsn = "0" + bsn
-            if not valid_bsn(bsn):
+            if not passes_elfproef(bsn):
                 return self.problem(row, columns["bsn"], "not a valid BSN (nine digits passing the elfproef)",
                                     hint="correct it in the SIS; mcsync never sends an invalid BSN")
         onderwijsnummer = values.pop("onderwijsnummer", None)
-        if onderwijsnummer is not None and not valid_onderwijsnummer(onderwijsnummer.replace(" ", "")):
+        if onderwijsnummer is not None and not passes_onderwijsnummer_check(onderwijsnummer.replace(" ", "")):
             return self.problem(row, columns["onderwijsnummer"], "not a valid onderwijsnummer (nine digits, check 5)")
         birth = values.pop("date_of_birth", None)
         date_of_birth: date | None = None

@@ -21,6 +21,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from .personal_numbers import passes_elfproef
+
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -29,14 +31,6 @@ _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 _NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
 _FIELDS = ("run_id", "source", "target", "record_id", "event", "reason")
-
-
-def elfproef(number: str) -> bool:
-    """The BSN eleven test: 9·d1 + 8·d2 + … + 2·d8 − 1·d9 is a multiple of 11 (and not all zeros)."""
-    if len(number) != 9 or not number.isdigit() or number == "000000000":
-        return False
-    total = sum(int(d) * w for d, w in zip(number[:8], range(9, 1, -1), strict=True)) - int(number[8])
-    return total % 11 == 0
 
 
 def register_secret(value: str | None) -> None:
@@ -55,7 +49,7 @@ def redact(text: str) -> str:
     text = _PEM.sub("[private key]", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} [secret]", text)
     text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}[secret]", text)
-    return _NINE_DIGITS.sub(lambda m: "[BSN]" if elfproef(m.group(0)) else m.group(0), text)
+    return _NINE_DIGITS.sub(lambda m: "[BSN]" if passes_elfproef(m.group(0)) else m.group(0), text)
 
 
 _base_factory = logging.getLogRecordFactory()

@@ -26,7 +26,7 @@ from tenacity import RetryCallState
 from ...errors import RetriableError, TargetUnavailable
 from ...http import Sleep, make_client, parse_retry_after, retry_async
 from . import messages
-from .bsn import redact
+from ...personal_numbers import redact
 from .errors import Action, get_action, post_action
 from .messages import MessageError
 

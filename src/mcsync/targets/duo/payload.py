@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ...record import Learner, MicrocredentialRecord, Result, ResultStatus
-from . import bsn as bsn_rules
+from ... import personal_numbers as bsn_rules
 
 #: opleidingseenheidcode as RIO issues it (duo-register.xsd, Opleidingseenheidcode).
 UNIT_CODE = re.compile(r"^[0-9]{4}O[0-9]{4}$")

@@ -83,7 +83,7 @@ from ...http import Sleep
 from ...record import MicrocredentialDefinition, MicrocredentialRecord, stable_hash
 from ..base import DeliveryState, Ledger, RemoteRef, TargetContext, TargetSettings, WorkItem, catalogue_key
 from . import messages, payload
-from .bsn import redact
+from ...personal_numbers import redact
 from .client import RegisterClient, RetryPolicy
 from .errors import Action, Outcome, regel_outcome, signal_rule
 from .messages import MessageError, Signaal, Verwerkingsverslag

@@ -1,4 +1,4 @@
-"""Dutch personal numbers: the BSN's elfproef, and keeping 9-digit numbers out of texts.
+"""Dutch personal numbers: the BSN's elfproef, the onderwijsnummer's check, keeping them out of texts.
 
 A BSN (burgerservicenummer) has 9 digits d1..d9 with 9*d1 + 8*d2 + ... + 2*d8 - 1*d9 ≡ 0 (mod 11);
 older 8-digit BSNs are written with a leading zero. The register rejects a BSN that fails this test
@@ -41,3 +41,12 @@ def passes_elfproef(number: str) -> bool:
 def redact(text: str) -> str:
     """`text` with every stand-alone 9-digit number replaced (a BSN or onderwijsnummer, likely)."""
     return _NINE_DIGITS.sub(REDACTED, text)
+
+
+def passes_onderwijsnummer_check(number: str) -> bool:
+    """True when `number` is 9 digits weighted like the elfproef but leaving remainder 5 (DUO's rule
+    for onderwijsnummers, which it hands out to learners without a BSN)."""
+    if not is_nine_digits(number):
+        return False
+    total = sum(int(d) * w for d, w in zip(number, _WEIGHTS, strict=True))
+    return total % 11 == 5
