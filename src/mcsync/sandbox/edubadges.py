@@ -186,6 +186,8 @@ class EdubadgesSimulator:
         self.badgeclasses: dict[str, BadgeClass] = {}
         self.bundles: dict[str, Bundle] = {}
         self._direct_awards: dict[str, DirectAward] = {}
+        self._unaccepted: dict[tuple[str, str, str], set[str]] = {}   # (badge class, kind, eppn/email) → ids
+        self._bundle_awards: dict[str, list[str]] = {}                  # bundle id → its awards' ids
         self._assertions: dict[str, Assertion] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
         self._scripts: list[_Script] = []
@@ -459,6 +461,9 @@ class EdubadgesSimulator:
             raise _ServerError(f"No valid DirectAwards are created. All of them were rejected: {refused!s}")
         self.bundles[bundle.entity_id] = bundle
         self._direct_awards.update((a.entity_id, a) for a in made)
+        for award in made:
+            self._index_award(award, identifier_type)
+            self._bundle_awards.setdefault(award.bundle, []).append(award.entity_id)
         answer: dict[str, Any] = {"badgeclass": badgeclass.entity_id, "entity_id": bundle.entity_id}
         if refused:
             answer["un_successful_direct_award"] = refused
@@ -523,7 +528,13 @@ class EdubadgesSimulator:
         Same eppn among awards of eppn bundles, or same e-mail address among awards of email bundles
         (whatever the new award's own bundle type), the awards made earlier in this request included.
         """
-        for award in [*self._direct_awards.values(), *made]:
+        # the index holds every award that was Unaccepted when made; its current status decides
+        candidates = set()
+        if eppn is not None:
+            candidates |= self._unaccepted.get((badgeclass, "eppn", eppn), set())
+        candidates |= self._unaccepted.get((badgeclass, "email", email), set())
+        stored = (self._direct_awards.get(da_id) for da_id in candidates)
+        for award in [*(a for a in stored if a is not None), *made]:
             if award.badgeclass != badgeclass or award.status != UNACCEPTED:
                 continue
             bundle = self.bundles.get(award.bundle)
@@ -534,11 +545,20 @@ class EdubadgesSimulator:
                 return True
         return False
 
+    def _index_award(self, award: DirectAward, identifier_type: str) -> None:
+        """Remember where a new award could block a later one (looked up by `_unaccepted_duplicate`)."""
+        if award.status != UNACCEPTED:
+            return
+        key = award.eppn if identifier_type == "eppn" else award.recipient_email
+        if key is not None:
+            self._unaccepted.setdefault((award.badgeclass, identifier_type, key), set()).add(award.entity_id)
+
     def _bundle(self, request: SimRequest, client_id: str, bundle_id: str) -> SimResponse:
         bundle = self.bundles.get(bundle_id)
         if bundle is None:
             return SimResponse(404, b"")
-        awards = [a for a in self._direct_awards.values() if a.bundle == bundle_id]
+        awards = [a for a in (self._direct_awards.get(i) for i in self._bundle_awards.get(bundle_id, ()))
+                  if a is not None and a.bundle == bundle_id]
         assertions = [a for a in self._assertions.values() if a.bundle == bundle_id]
 
         def count(status: str) -> int:
