@@ -64,7 +64,7 @@ from .mapping import Mapping, load_mapping, to_record
 from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, definition_digest,
                      make_record_id, stable_hash)
 from .state.store import Problem, StateStore, StoredRecord
-from .targets.base import RemoteRef, Target, TargetContext, WorkItem, catalogue_key
+from .targets.base import DeliveryState, RemoteRef, Target, TargetContext, WorkItem, catalogue_key
 
 log = logging.getLogger("mcsync.engine")
 
@@ -583,7 +583,7 @@ class Engine:
                           name, extra={"target": name, "event": "target_error"})
         finally:
             treport.seconds = round(time.monotonic() - started, 3)
-        treport.in_flight = self.store.counts().get(name, {}).get("in_flight", 0)
+        treport.in_flight = self.store.count_in_state(name, DeliveryState.IN_FLIGHT)
 
     def _work_chunks(self, name: str, target: Target) -> Iterator[list[WorkItem]]:
         """Due work in chunks, with the latest records or definitions attached."""

@@ -50,6 +50,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE records ADD COLUMN hold TEXT",
         "ALTER TABLE records ADD COLUMN hold_reason TEXT",
     ],
+    [  # 2 -> 3: the due work of a target is found by state, in key order, without scanning the rest
+        "DROP INDEX deliveries_by_state",
+        "CREATE INDEX deliveries_by_state ON deliveries (target, state, key)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ The schema is versioned; `schema.py` holds the migrations, applied in order on o
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import sqlite3
@@ -312,18 +313,26 @@ class SqliteStateStore:
         return found
 
     def work(self, target: str, now: datetime, *, page: int = 1000) -> Iterator[DeliveryRow]:
-        """Due rows in key order, read page by page (keyset paging: safe while rows change)."""
+        """Due rows in key order: one keyset-paged stream per open state (each an index range on
+        (target, state, key), so a target with nothing due costs nothing), merged by key."""
+        streams = [self._work_in_state(target, state, now, page) for state in _OPEN]
+        yield from heapq.merge(*streams, key=lambda row: row.key)
+
+    def _work_in_state(self, target: str, state: DeliveryState, now: datetime, page: int) -> Iterator[DeliveryRow]:
         last = ""
-        states = [s.value for s in _OPEN]
         while True:
             rows = [self._row(values) for values in self.conn.execute(
-                f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND key > ? "
-                "AND state IN (?, ?, ?) AND (not_before IS NULL OR not_before <= ?) "
-                "ORDER BY key LIMIT ?", [target, last, *states, _ts(now), page]).fetchall()]
+                f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND state = ? AND key > ? "
+                "AND (not_before IS NULL OR not_before <= ?) ORDER BY key LIMIT ?",
+                [target, state.value, last, _ts(now), page]).fetchall()]
             yield from rows
             if len(rows) < page:
                 return
             last = rows[-1].key
+
+    def count_in_state(self, target: str, state: DeliveryState) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM deliveries WHERE target = ? AND state = ?",
+                                     (target, state.value)).fetchone()[0])
 
     def counts(self) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
