@@ -8,11 +8,13 @@ import httpx
 import pytest
 
 from mcsync.errors import TargetUnavailable
+from mcsync.record import ResultStatus
 from mcsync.sandbox.base import SandboxServer, SimResponse, mock_transport
 from mcsync.targets.base import DeliveryState
+from mcsync.targets.edubadges.target import AWARD_NOT_FOUND, OUTCOME_UNKNOWN
 
 from .conftest import make_record
-from .edubadges_helpers import BC, Harness, Intercept, create_calls, eppn, lose, simulator, simulator_create
+from .edubadges_helpers import BC, Harness, Intercept, adopted, create_calls, eppn, lose, simulator, simulator_create
 
 
 def test_a_dropped_connection_after_edubadges_applied_the_create_is_reconciled_to_one_award(store, issuer):
@@ -51,13 +53,19 @@ def test_a_gateway_error_after_the_create_is_an_unknown_outcome_too(store, issue
     assert create_calls(sim) == 1 and sim.awards_for(eppn(record), BC) == 1
 
 
-def test_a_create_that_never_arrived_is_sent_again_after_the_lookup_finds_nothing(store, issuer):
+def never_arrived(store, issuer, student_number: str):
+    """A create lost on the way: begin() was committed, Edubadges saw nothing."""
     sim = simulator()
     harness = Harness(store, issuer, sim, transport=Intercept(mock_transport(sim), "/directaward/create", lose(1)))
-    record = make_record(issuer, "2210504")
+    record = make_record(issuer, student_number)
     harness.plan(record)
     harness.deliver()
     assert harness.row(record).state is DeliveryState.IN_FLIGHT and create_calls(sim) == 0
+    return sim, harness, record
+
+
+def test_a_create_that_never_arrived_is_sent_again_after_the_lookup_finds_nothing(store, issuer):
+    sim, harness, record = never_arrived(store, issuer, "2210504")
     harness.deliver()
     harness.close()
     lookups = [c for c in sim.calls if c.path == "/queries/direct-awards"]
@@ -66,16 +74,22 @@ def test_a_create_that_never_arrived_is_sent_again_after_the_lookup_finds_nothin
     assert create_calls(sim) == 1 and sim.awards_for(eppn(record), BC) == 1
 
 
-def test_a_lost_create_the_learner_claimed_before_the_lookup_is_parked_not_sent_twice(store, issuer):
-    """The residual window, on the safe side: the award left no listed trace, but the claim count grew."""
+def lost_and_claimed(store, issuer, student_number: str):
+    """A create Edubadges applied but whose answer was lost; the learner claimed it before the next run."""
     sim = simulator()
     sim.fail_next("POST", "/directaward/create", after_apply=True, drop=True)
     harness = Harness(store, issuer, sim)
-    record = make_record(issuer, "2210505")
+    record = make_record(issuer, student_number)
     harness.plan(record)
     harness.deliver()
     [da] = sim.direct_awards(eppn=eppn(record))
     sim.claim(da.entity_id)                                               # quick learner, before the next run
+    return sim, harness, record
+
+
+def test_a_lost_create_the_learner_claimed_before_the_lookup_is_parked_not_sent_twice(store, issuer):
+    """The residual window, on the safe side: the award left no listed trace, but the claim count grew."""
+    sim, harness, record = lost_and_claimed(store, issuer, "2210505")
     harness.deliver()
     harness.close()
     [failure] = store.failures("edubadges")
@@ -143,3 +157,51 @@ def test_a_read_timeout_over_real_http_leaves_the_create_in_flight_and_the_next_
     for record in records:
         assert harness.row(record).state is DeliveryState.SYNCED
         assert sim.awards_for(eppn(record), BC) == 1
+
+
+# found by the exactly-once proofs (tests/test_exactly_once_stateful.py) -----------------------------------------
+def test_a_lost_create_whose_result_was_corrected_meanwhile_is_not_sent_at_all(store, issuer):
+    """The create never arrived, then the grade was corrected to a fail: nothing may be awarded."""
+    sim, harness, record = never_arrived(store, issuer, "2210511")
+    harness.plan(make_record(issuer, "2210511", grade="4.0", status=ResultStatus.FAILED))
+    assert harness.row(record).state is DeliveryState.IN_FLIGHT         # settled by the target, not the planner
+    harness.deliver()
+    harness.close()
+    row = harness.row(record)
+    assert row.state is DeliveryState.SYNCED and row.delivered_hash is None
+    assert create_calls(sim) == 0 and sim.awards_for(eppn(record), BC) == 0
+
+
+def test_a_lost_create_claimed_and_then_corrected_is_parked_with_what_to_revoke(store, issuer):
+    """Applied, answer lost, claimed, then corrected: mcsync cannot find the badge, so a person revokes it."""
+    sim, harness, record = lost_and_claimed(store, issuer, "2210512")
+    harness.plan(make_record(issuer, "2210512", grade="4.0", status=ResultStatus.FAILED))
+    harness.deliver()
+    harness.close()
+    [failure] = store.failures("edubadges")
+    assert failure.code == OUTCOME_UNKNOWN and "no longer leads to an award" in failure.reason
+    assert "revoke their badge" in failure.reason and "sends the award" not in failure.reason
+    assert create_calls(sim) == 1 and sim.awards_for(eppn(record), BC) == 1
+
+
+def test_a_withdrawal_of_an_award_known_only_from_the_unclaimed_list_says_why_it_is_gone(store, issuer):
+    sim, harness, record, earlier = adopted(store, issuer, "2210513")      # no bundle id: found by listing
+    sim.claim(earlier)
+    harness.plan(make_record(issuer, "2210513", status=ResultStatus.FRAUD))
+    harness.deliver()
+    harness.close()
+    [failure] = store.failures("edubadges")
+    assert failure.code == AWARD_NOT_FOUND
+    assert "knows it only from the list of unclaimed awards" in failure.reason and "revoke" in failure.reason
+
+
+def test_a_correction_does_not_settle_a_parked_unknown_outcome_by_itself(store, issuer):
+    """Parked because the learner may hold a lost award; then corrected to a fail. Nothing shows what the learner
+    holds, so the item must stay with the person, not become 'synced' with the badge still out there."""
+    sim, harness, record = lost_and_claimed(store, issuer, "2210514")
+    harness.deliver()                                                  # parked: outcome unknown
+    assert harness.row(record).state is DeliveryState.FAILED
+    harness.plan(make_record(issuer, "2210514", grade="4.0", status=ResultStatus.FAILED))
+    harness.close()
+    assert harness.row(record).state is DeliveryState.FAILED           # not settled by the hashes
+    assert sim.awards_for(eppn(record), BC) == 1

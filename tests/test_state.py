@@ -164,3 +164,19 @@ def test_problems_are_replaced_per_source(store):
     data = found[1].as_json()
     assert data["file"] == "r.csv" and data["line"] == 9 and data["field"] == "student_number"
     assert data["target"] is None
+
+
+def test_a_park_with_unknown_outcome_is_not_settled_by_a_correction(store):
+    from mcsync.errors import UnknownOutcome
+
+    store.set_desired("edubadges", [("a", "h"), ("b", "h")])
+    ledger = store.ledger("edubadges")
+    ledger.park("a", error=UnknownOutcome("create unanswered; the learner may hold it", code="outcome_unknown"))
+    ledger.park("b", error=PermanentError("no e-mail address"))
+    store.set_desired("edubadges", [("a", None), ("b", None)])     # both corrected to a fail
+    rows = store.rows("edubadges", ["a", "b"])
+    assert rows["a"].state is DeliveryState.FAILED and rows["a"].unsettled    # a person decides
+    assert rows["b"].state is DeliveryState.SYNCED                             # nothing was ever out there
+    assert store.retry(["a"]) == 1
+    row = store.rows("edubadges", ["a"])["a"]
+    assert row.state is DeliveryState.PENDING and not row.unsettled

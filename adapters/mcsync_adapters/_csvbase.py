@@ -8,6 +8,7 @@ breaks csvio's formula rule (`UnsafeCell`) becomes a problem for that row and fi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Generic, Literal, TypeVar
@@ -37,7 +38,7 @@ class CsvOptions(BaseModel):
                                   "falling back to Windows-1252 (logged)")
 
 
-class CsvFileAdapter(Generic[Plan]):
+class CsvFileAdapter(ABC, Generic[Plan]):
     """Base of the built-in CSV adapters; subclasses set name, Options, prepare() and convert()."""
 
     name: ClassVar[str]
@@ -80,11 +81,13 @@ class CsvFileAdapter(Generic[Plan]):
     def skip_lines(self) -> int:
         return 0
 
+    @abstractmethod
     def prepare(self, csv_file: CsvFile) -> Plan | InputProblem:
-        raise NotImplementedError
+        """Check the header; what `convert` needs to read each row (column positions), or a problem."""
 
+    @abstractmethod
     def convert(self, row: CsvRow, plan: Plan) -> RawResult | LearnerRow | InputProblem | None:
-        raise NotImplementedError
+        """One row: a raw row, a problem, or None when the row holds no result."""
 
     # helpers for subclasses
     def problem(self, row: CsvRow, field: str | None, reason: str, hint: str | None = None) -> InputProblem:

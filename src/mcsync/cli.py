@@ -2,6 +2,9 @@
 
 Exit codes: 0 all done; 1 something needs a person; 2 usage or configuration error; 3 another run
 holds the lock; 75 a target is unavailable and its work is queued for the next run.
+
+This module imports only what argparse and the error handling need; each command imports its
+modules (engine, state, pydantic settings, httpx, ...) itself, so `mcsync --help` starts fast.
 """
 
 from __future__ import annotations
@@ -10,24 +13,23 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, log as logs, plugins
-from .config import Config, find_config, load_config
-from .engine import EXIT_NEEDS_PERSON, EXIT_OK, Engine, RunReport
+from . import __version__, log as logs
 from .errors import ConfigError, LockHeld, McsyncError
-from .lock import RunLock
-from .state import SqliteStateStore
-from .targets.base import DeliveryState
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .engine import RunReport
+    from .state import SqliteStateStore
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "mcsync.toml"
+EXIT_OK = 0               # the same numbers as mcsync.engine's, which a run's report carries
+EXIT_NEEDS_PERSON = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 
@@ -52,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="one pass: read sources, map, plan, deliver, report")
     _run_options(sync)
     sync.add_argument("--dry-run", action="store_true", help="plan only: contact no target, change no state")
+    sync.add_argument("--full", action="store_true",
+                      help="read every export, even those whose files did not change since the last run")
+    sync.add_argument("--allow-withdrawals", action="store_true",
+                      help="withdraw records that vanished from an export even if the export shrank a lot")
+
+    revoke = sub.add_parser("revoke", help="withdraw records everywhere and keep them withdrawn")
+    revoke.add_argument("record_ids", nargs="+", metavar="RECORD_ID")
+    revoke.add_argument("--reason", required=True, help="why, in words the learner and DUO may read")
 
     backfill = sub.add_parser("backfill", help="re-read historical results in a date range; never duplicates")
     _run_options(backfill)
@@ -83,11 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    sandbox.add_argument("--faults", metavar="SPEC", help="seeded faults in front of every simulator, e.g. "
+                         "drop=0.05,error=0.02,throttle=0.02,timeout=0.01,seed=7 (shares of requests)")
 
     demo = sub.add_parser("demo", help="sync the embedded sample exports into a fresh in-process sandbox, "
                           "twice (uses --config if given)")
     demo.add_argument("--keep", type=Path, metavar="DIR", help="keep the demo's state in DIR")
+
+    daemon = sub.add_parser("daemon", help="run `sync` on a schedule until SIGTERM; finishes the delivery "
+                            "in hand (systemd notify protocol, watchdog, SIGHUP re-reads the configuration)")
+    daemon.add_argument("--interval", type=_seconds, metavar="SECONDS",
+                        help="seconds from the start of one sync to the next (default: daemon.interval, 900)")
+
+    sub.add_parser("doctor", help="reach each enabled target: DNS, TLS, clock, token, client certificate "
+                   "and its expiry; one OK/WARN/FAIL line each")
     return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return seconds
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -126,17 +156,38 @@ def _error(message: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from .config import find_config, load_config
+
     return load_config(find_config(args.config))
 
 
 def _store(config: Config) -> SqliteStateStore:
+    from .state import SqliteStateStore
+
     return SqliteStateStore(config.state_path)
 
 
 # ---------------------------------------------------------------------------- sync, backfill
 def cmd_sync(args: argparse.Namespace) -> int:
     config = _config(args)
-    return _run(config, args, dry_run=args.dry_run)
+    return _run(config, args, dry_run=args.dry_run, full=args.full, allow_withdrawals=args.allow_withdrawals)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .lock import RunLock
+
+    config = _config(args)
+    with RunLock(config.state_path):
+        store = _store(config)
+        try:
+            engine = Engine(config, store)
+            n = engine.revoke(args.record_ids, args.reason)
+        finally:
+            store.close()
+    print(f"{n} record(s) marked for withdrawal at every target; the next `mcsync sync` sends the "
+          "withdrawals, and they stay withdrawn whatever later exports say")
+    return EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -147,24 +198,49 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace, *, dry_run: bool = False, since: date | None = None,
-         until: date | None = None, kind: str = "sync") -> int:
-    with RunLock(config.state_path):
-        store = _store(config)
-        try:
-            report = Engine(config, store).run(dry_run=dry_run, sources=args.source, only_targets=args.target,
-                                               since=since, until=until, kind=kind)
-            counts = store.counts()
-        finally:
-            store.close()
+         until: date | None = None, kind: str = "sync", full: bool = False,
+         allow_withdrawals: bool = False) -> int:
+    from .engine import Engine
+    from .lock import RunLock
+
+    metrics = None
+    if not dry_run and config.settings.metrics.textfile is not None:
+        from .metrics import RunMetrics
+
+        metrics = RunMetrics.for_config(config)   # from here on it times the targets' requests
+    try:
+        with RunLock(config.state_path):
+            store = _store(config)
+            try:
+                report = Engine(config, store).run(dry_run=dry_run, sources=args.source, only_targets=args.target,
+                                                   since=since, until=until, kind=kind, full=full,
+                                                   allow_withdrawals=allow_withdrawals)
+                counts = store.counts()
+                if metrics is not None:
+                    metrics.after_run(store, report, config)
+            finally:
+                store.close()
+    finally:
+        if metrics is not None:
+            metrics.close()
     _print_report(report, counts, as_json=args.json)
     return report.exit_code
 
 
-def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_json: bool) -> None:
-    data = report.as_dict()
-    logger.info("run finished: read %d, mapped %d, unchanged %d, problems %d, exit %d", report.read,
+def log_run_summary(report: RunReport) -> None:
+    """The one summary line of a run (JSON: `event` run_summary, `summary` = the report as a dict)."""
+    per_target = "; ".join(f"{name} delivered {t.confirmed} withdrawn {t.withdrawn} parked {t.parked}"
+                           + (" UNAVAILABLE" if t.unavailable else "") + (" ERROR" if t.error else "")
+                           for name, t in report.targets.items())
+    logger.info("run finished: read %d, mapped %d, unchanged %d, problems %d, exit %d%s", report.read,
                 report.mapped, report.unchanged, report.problems, report.exit_code,
-                extra={"run_id": report.run_id, "event": "run_summary", "summary": data})
+                f"; {per_target}" if per_target else "",
+                extra={"run_id": report.run_id, "event": "run_summary", "summary": report.as_dict()})
+
+
+def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_json: bool) -> None:
+    log_run_summary(report)
+    data = report.as_dict()
     if as_json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -192,6 +268,8 @@ def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_js
 
 # ---------------------------------------------------------------------------- status, failures, retry
 def status_json(config: Config, store: SqliteStateStore) -> dict[str, Any]:
+    from .targets.base import DeliveryState
+
     counts = store.counts()
     targets: dict[str, dict[str, Any]] = {}
     for name in sorted(set(config.enabled_targets()) | set(counts)):
@@ -276,6 +354,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    from .lock import RunLock
+
     config = _config(args)
     if not args.all and not args.record_ids:
         raise ConfigError("give --all or one or more RECORD_IDs")
@@ -299,6 +379,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
+    from . import plugins
+
     if args.adapters_command == "new":
         from .scaffold import scaffold_adapter
 
@@ -329,13 +411,22 @@ def _type_name(annotation: Any) -> str:
 
 # ---------------------------------------------------------------------------- sandbox, demo
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from .sandbox import Sandbox
+    import signal
+
+    from .config import find_config
+    from .sandbox import Faults, Sandbox
 
     config = None
     path = find_config(args.config)
     if path.exists():
         config = _config(args)
-    sandbox = Sandbox.from_config(config, host=args.host, port=args.port, latency=args.latency)
+    try:
+        faults = Faults.parse(args.faults) if args.faults else None
+    except ValueError as exc:
+        raise ConfigError(f"--faults: {exc}") from None
+    if faults is not None and not faults.latency:
+        faults.latency = args.latency
+    sandbox = Sandbox.from_config(config, host=args.host, port=args.port, latency=args.latency, faults=faults)
     print(f"sandbox serving on {sandbox.url}")
     for name, url in sandbox.endpoints().items():
         print(f"  {name:<22} {url}")
@@ -351,7 +442,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from .config import load_config
+    from .engine import Engine
     from .sandbox import Sandbox
+    from .state import SqliteStateStore
 
     config = load_config(Path(args.config) if args.config else DEMO_CONFIG)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="mcsync-demo-"))
@@ -395,8 +492,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- daemon, doctor
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from .config import find_config, load_config
+    from .daemon import Daemon
+
+    path = find_config(args.config)
+    return Daemon(lambda: load_config(path), interval=args.interval).run()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(_config(args))
+
+
 COMMANDS = {
     "sync": cmd_sync, "backfill": cmd_backfill, "status": cmd_status, "failures": cmd_failures,
-    "retry": cmd_retry, "validate": cmd_validate, "adapters": cmd_adapters, "sandbox": cmd_sandbox,
-    "demo": cmd_demo,
+    "retry": cmd_retry, "revoke": cmd_revoke, "validate": cmd_validate, "adapters": cmd_adapters, "sandbox": cmd_sandbox,
+    "demo": cmd_demo, "daemon": cmd_daemon, "doctor": cmd_doctor,
 }

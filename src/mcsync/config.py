@@ -94,7 +94,60 @@ class GuardSettings(BaseModel):
 
     max_withdraw_share: float = Field(
         default=0.2, ge=0, le=1,
-        description="refuse to withdraw more than this share of a target's delivered items in one run")
+        description="refuse to withdraw more than this share of a source's records because they vanished "
+                    "from its export in one run (an emptied export is always refused)")
+    min_count: int = Field(default=10, ge=1,
+                           description="below this many vanished records the share is not checked")
+
+
+class DaemonSettings(BaseModel):
+    """`[daemon]`: how `mcsync daemon` schedules its runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: float = Field(default=900.0, gt=0,
+                            description="seconds from the start of one sync to the start of the next "
+                                        "(a run that takes longer is followed at once)")
+    stall_timeout: float = Field(default=3600.0, gt=0,
+                                 description="seconds without any sign of life (a log line, an HTTP request, "
+                                             "a scheduler tick) after which the systemd watchdog is no longer "
+                                             "fed, so systemd restarts the daemon")
+
+
+class MetricsSettings(BaseModel):
+    """`[metrics]`: Prometheus metrics, written after every run and optionally served by the daemon."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    textfile: Path | None = Field(default=None,
+                                  description="file for node_exporter's textfile collector (must end in .prom), "
+                                              "rewritten atomically after every run")
+    listen: str | None = Field(default=None,
+                               description="host:port where `mcsync daemon` serves /metrics, "
+                                           "e.g. 127.0.0.1:9464 or [::1]:9464")
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix != ".prom":
+            raise ValueError("must end in .prom (node_exporter's textfile collector reads only *.prom files)")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464' or ':9464' (all addresses) as (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)
 
 
 class Settings(BaseSettings):
@@ -107,6 +160,8 @@ class Settings(BaseSettings):
     sources: list[SourceSettings] = []
     targets: dict[str, dict[str, Any]] = {}
     guard: GuardSettings = GuardSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -8,12 +8,17 @@
   max(Retry-After, exponential back-off with jitter), both capped. Whether a call is *safe* to
   retry is decided by whoever raises: a target raises RetriableError only where a second attempt
   cannot create a second award.
+- `observe_requests` lets the metrics and the daemon's watchdog see every answered request of every
+  client made here (event hooks): its URL and the seconds until the response headers arrived.
+  Requests that get no answer are not reported (their error is the caller's to handle).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -32,6 +37,40 @@ T = TypeVar("T")
 
 USER_AGENT = f"mcsync/{__version__}"
 MAX_RETRY_AFTER = 300.0
+
+#: Called with (request, response, seconds until the response headers arrived) for every answered request.
+RequestObserver = Callable[[httpx.Request, httpx.Response, float], None]
+_observers: list[RequestObserver] = []
+_STARTED = "mcsync.started"   # request extension holding the perf_counter() at sending
+_log = logging.getLogger(__name__)
+
+
+def observe_requests(observer: RequestObserver) -> Callable[[], None]:
+    """Report every answered request of every client from `make_client` to `observer`; returns the undo."""
+    _observers.append(observer)
+
+    def remove() -> None:
+        if observer in _observers:
+            _observers.remove(observer)
+
+    return remove
+
+
+async def _on_request(request: httpx.Request) -> None:
+    if _observers:
+        request.extensions[_STARTED] = time.perf_counter()
+
+
+async def _on_response(response: httpx.Response) -> None:
+    started = response.request.extensions.get(_STARTED)
+    if started is None:
+        return
+    seconds = time.perf_counter() - started
+    for observer in list(_observers):
+        try:
+            observer(response.request, response, seconds)
+        except Exception:  # an observer must never break a delivery
+            _log.exception("a request observer failed")
 
 
 def is_loopback(host: str) -> bool:
@@ -76,6 +115,7 @@ def make_client(base_url: str, *, timeout: float = 30.0, ca_file: Path | None = 
         transport=transport,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         follow_redirects=False,
+        event_hooks={"request": [_on_request], "response": [_on_response]},
     )
 
 

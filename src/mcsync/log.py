@@ -29,7 +29,8 @@ _lock = threading.Lock()
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+(\s+[^'\",}\s]+)?")
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
-_NINE_DIGITS = re.compile(r"(?<!\d)\d{9}(?!\d)")
+# not inside a hex run: about 1 in 200 run ids (uuid4 hex) holds nine digits that pass the elfproef
+_NINE_DIGITS = re.compile(r"(?<![0-9A-Fa-f])\d{9}(?![0-9A-Fa-f])")
 _FIELDS = ("run_id", "source", "target", "record_id", "event", "reason")
 
 

@@ -238,6 +238,12 @@ class EdubadgesSimulator:
             self._assertions[assertion.entity_id] = assertion
             return assertion.entity_id
 
+    def revoke_by_hand(self, assertion_id: str, reason: str = "Revoked by staff") -> None:
+        """Staff revoke a claimed badge in the Edubadges UI (what `mcsync failures` may ask a person to do)."""
+        with self._lock:
+            assertion = self._assertions[assertion_id]
+            assertion.revoked, assertion.revocation_reason = True, reason
+
     def reject(self, da_id: str) -> None:
         with self._lock:
             self._direct_awards[da_id].status = REJECTED

@@ -361,6 +361,11 @@ class RioSimulator:
                 return None
             return unit.current(self.clock()) if visible_only else unit.versions[-1].element
 
+    def units_created(self) -> dict[str, str | None]:
+        """Every unit RIO ever issued a code for (deleted ones too): code → own key. For duplicate checks."""
+        with self._lock:
+            return {u.code: u.own_key for u in self._units.values()}
+
     def offering_codes(self) -> list[str]:
         with self._lock:
             return [o.code for o in self._offerings.values() if not o.deleting()]

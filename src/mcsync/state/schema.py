@@ -54,6 +54,9 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX deliveries_by_state",
         "CREATE INDEX deliveries_by_state ON deliveries (target, state, key)",
     ],
+    [  # 3 -> 4: a row parked with an unknown remote outcome is never settled by its hashes alone
+        "ALTER TABLE deliveries ADD COLUMN unsettled INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ..errors import DeliveryError, Location
+from ..errors import DeliveryError, Location, UnknownOutcome
 from ..record import MicrocredentialRecord
 from ..targets.base import DeliveryState, RemoteRef
 from .schema import migrate
@@ -266,6 +266,8 @@ class SqliteStateStore:
                     continue
                 if row.state in (DeliveryState.IN_FLIGHT, DeliveryState.SUBMITTED):
                     state = row.state  # settle what is under way first; confirm() re-queues
+                elif row.state is DeliveryState.FAILED and row.unsettled:
+                    state = row.state  # what the remote holds is unknown: a person decides, not the hashes
                 elif desired == row.delivered_hash:
                     state = DeliveryState.SYNCED
                 else:
@@ -284,7 +286,7 @@ class SqliteStateStore:
         return changed
 
     _ROW_COLUMNS = ("target, key, state, desired_hash, delivered_hash, attempts, remote_id, "
-                    "correlation_id, remote_data, note, error_code, not_before, since, updated_at")
+                    "correlation_id, remote_data, note, error_code, not_before, since, updated_at, unsettled")
 
     @staticmethod
     def _row(values: Sequence[Any]) -> DeliveryRow:
@@ -297,7 +299,7 @@ class SqliteStateStore:
             remote=RemoteRef(remote_id=values[6], correlation_id=values[7],
                              data=json.loads(values[8]) if values[8] else {}),
             note=values[9], error_code=values[10], not_before=_parse_ts(values[11]),
-            since=since, updated_at=updated)
+            since=since, updated_at=updated, unsettled=bool(values[14]))
 
     def _rows(self, target: str, keys: Sequence[str]) -> list[DeliveryRow]:
         marks = ",".join("?" * len(keys))
@@ -348,7 +350,7 @@ class SqliteStateStore:
         return SqliteLedger(self, target)
 
     def retry(self, record_ids: Sequence[str] | None, target: str | None = None) -> int:
-        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, error_code = NULL, "
+        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, error_code = NULL, unsettled = 0, "
                "not_before = NULL, note = 'queued again by mcsync retry', updated_at = ? WHERE state = 'failed'")
         base: list[Any] = [_ts(now_utc())]
         if target is not None:
@@ -463,8 +465,9 @@ class SqliteLedger:
         self._update(key, assignments, params)
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
-        assignments = "state = 'failed', note = ?, error_code = ?, since = ?"
-        params: list[Any] = [str(error), error.code, _ts(now_utc())]   # the message and what to do
+        assignments = "state = 'failed', note = ?, error_code = ?, since = ?, unsettled = ?"
+        params: list[Any] = [str(error), error.code, _ts(now_utc()),   # the message and what to do
+                             int(isinstance(error, UnknownOutcome))]
         if remote is not None:
             assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"
             params += self._remote_params(remote)

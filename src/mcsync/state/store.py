@@ -43,6 +43,7 @@ class DeliveryRow:
     not_before: datetime | None
     since: datetime
     updated_at: datetime
+    unsettled: bool = False   # parked with an unknown remote outcome: only a person releases it
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ class Ledger(Protocol):
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
         """Failed: a person must look at it (`mcsync failures` shows the message and its hint);
-        `mcsync retry` re-queues it."""
+        `mcsync retry` re-queues it. Parked with an `UnknownOutcome`, the row stays failed even when
+        a later correction makes the wanted and the known content equal: only a person settles it."""
 
     def note(self, key: str, *, remote: RemoteRef | None = None, note: str | None = None) -> None:
         """Store remote identifiers or a note without changing the state (e.g. a bundle id)."""

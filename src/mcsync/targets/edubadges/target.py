@@ -40,11 +40,15 @@ Crash table (what the next run finds, and does)
 |----------------------------------------------------|------------|-----------------------------------------|
 | before begin()                                     | pending    | sends it                                |
 | after begin(), before the POST reached Edubadges   | in_flight  | lookup finds nothing, claim count       |
-|                                                    |            |   unchanged → sends it again            |
+|                                                    |            |   unchanged → sends it again; if the    |
+|                                                    |            |   result was corrected meanwhile:       |
+|                                                    |            |   settled as holding nothing, no call   |
 | POST applied, answer lost (timeout, dropped        | in_flight  | lookup finds the unclaimed award →      |
 |   connection, 5xx from a gateway, crash)           |            |   confirmed with its id, nothing sent   |
+|                                                    |            |   (then withdrawn, if corrected)        |
 | ... and the learner claimed it before the lookup   | in_flight  | not listed, claim count grew → parked   |
-|                                                    |            |   for a person, nothing sent            |
+|                                                    |            |   (outcome_unknown), nothing sent; the  |
+|                                                    |            |   hint says send or revoke by hand      |
 | after the 201 and note()                           | in_flight  | GET bundle → confirmed (claimed ones    |
 |                                                    | + bundle   |   with their assertion id); refused     |
 |                                                    |            |   awards adopted or parked as answered  |
@@ -56,8 +60,12 @@ claims it (the direct award row is deleted, the assertion is listed only in the 
 Edubadges blocks a second award only while the first is still Unaccepted. What does show is the badge
 class's claim count (directAwardedAssertionsCount, revoked included, so it never shrinks): mcsync reads
 it before each POST and sends again only if it has not grown. A claim by any learner of that badge class
-in between parks the item (the safe side: a person checks). Left over: the learner *rejected* the lost
-award, or staff deleted it, before the lookup; then a new offer goes out (an offer, not a second badge).
+in between parks the item (the safe side: a person checks; code `outcome_unknown`, with a hint to send
+it by `mcsync retry` if the learner has none, or, when the result was corrected meanwhile, to revoke the
+badge by hand). Left over: the learner *rejected* the lost award, or staff deleted it, before the
+lookup; then a new offer goes out (an offer, not a second badge). The same blind spot makes an award
+known only from the unclaimed list (adopted, or found after a lost 201) unfindable once claimed: its
+withdrawal is parked (`award_not_found`) for a person to revoke by hand.
 400 answers to a create are safe to read as "nothing created": Edubadges creates a bundle in one
 atomic transaction and every exception in it rolls the bundle back.
 """
@@ -91,6 +99,10 @@ log = logging.getLogger(__name__)
 
 #: Edubadges refuses bodies over 5 MiB (DATA_UPLOAD_MAX_MEMORY_SIZE); stay well under it.
 BODY_LIMIT = 4 * 1024 * 1024
+#: The code of a park whose create may have been applied and claimed: what the learner holds is unknown.
+OUTCOME_UNKNOWN = "outcome_unknown"
+#: The code of a park of a withdrawal whose award mcsync can no longer find: a person revokes it by hand.
+AWARD_NOT_FOUND = "award_not_found"
 
 
 @dataclass(frozen=True)
@@ -247,14 +259,27 @@ class Delivery:
                                          state=DeliveryState.PENDING))
             return
         if attempt.claims is not None and claims == attempt.claims:
+            # nothing was made (or nothing anyone can still claim): the learner holds nothing of it
+            if item.desired_hash is None:      # and the record no longer wants an award (a correction)
+                self.confirm(item, None, ref.remote(located), note="an unanswered create left no trace, and the "
+                             "record no longer leads to an award: nothing sent")
+                return
             log.info("edubadges: %s: an unanswered create left no trace; sending it again", item.key)
             plan.creates.append(item)
             return
         grown = "an unknown number of" if attempt.claims is None or claims is None else str(claims - attempt.claims)
-        self.park(item, PermanentError(
-            f"a create sent to Edubadges at {attempt.at:%Y-%m-%d %H:%M:%S} UTC got no answer, no unclaimed award "
-            f"of badge class {attempt.badgeclass} for {attempt.eppn} is listed now, and {grown} awards of that "
-            "badge class were claimed since: this learner may have claimed the lost award",
+        lost = (f"a create sent to Edubadges at {attempt.at:%Y-%m-%d %H:%M:%S} UTC got no answer, no unclaimed award "
+                f"of badge class {attempt.badgeclass} for {attempt.eppn} is listed now, and {grown} awards of that "
+                "badge class were claimed since: this learner may have claimed the lost award")
+        if item.desired_hash is None:          # a correction came in meanwhile: a claimed badge must go
+            self.park(item, UnknownOutcome(
+                f"{lost}, and the record no longer leads to an award", code=OUTCOME_UNKNOWN,
+                hint="look the learner up in Edubadges and revoke their badge of this badge class if they hold it "
+                     "(mcsync cannot find a badge whose create was never answered); then `mcsync retry` closes the "
+                     "item without sending anything"))
+            return
+        self.park(item, UnknownOutcome(
+            lost, code=OUTCOME_UNKNOWN,
             hint="check the learner's badges in Edubadges; if there is none, `mcsync retry` sends the award"))
 
     # 3. withdraw ------------------------------------------------------------------------------------------
@@ -282,9 +307,13 @@ class Delivery:
             elif intent is Intent.VERIFY and located.holds:
                 self.confirm(item, item.delivered_hash, ref.remote(located))
             elif located.held is Held.ABSENT:
+                why = ("it expired unclaimed, or the learner claimed it under another eppn" if ref.bundle_id else
+                       "mcsync knows it only from the list of unclaimed awards, not from its bundle (its create was "
+                       "never answered, or it was made outside mcsync), so once the learner claims it or it "
+                       "expires, mcsync cannot see it")
                 self.park(item, PermanentError(
                     f"the award to withdraw (badge class {ref.badgeclass}, {ref.eppn}) is no longer listed in "
-                    "Edubadges: it expired unclaimed, or the learner claimed it under another eppn",
+                    f"Edubadges: {why}", code=AWARD_NOT_FOUND,
                     hint="look the learner up in Edubadges and revoke the badge there if they hold it"))
             elif located.held is Held.CLAIMED and intent is Intent.REPLACE:
                 self.keep_or_park(item, ref, located)
