@@ -10,11 +10,12 @@ modules (engine, state, pydantic settings, httpx, ...) itself, so `mcsync --help
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,10 +162,18 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(find_config(args.config))
 
 
-def _store(config: Config) -> SqliteStateStore:
+@contextlib.contextmanager
+def _store(config: Config, *, locked: bool = False) -> Iterator[SqliteStateStore]:
+    """The state store, closed afterwards; with `locked`, under the run lock (exit 3 if taken)."""
+    from .lock import RunLock
     from .state import SqliteStateStore
 
-    return SqliteStateStore(config.state_path)
+    with RunLock(config.state_path) if locked else contextlib.nullcontext():
+        store = SqliteStateStore(config.state_path)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 # ---------------------------------------------------------------------------- sync, backfill
@@ -175,16 +184,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from .engine import Engine
-    from .lock import RunLock
 
     config = _config(args)
-    with RunLock(config.state_path):
-        store = _store(config)
-        try:
-            engine = Engine(config, store)
-            n = engine.revoke(args.record_ids, args.reason)
-        finally:
-            store.close()
+    with _store(config, locked=True) as store:
+        engine = Engine(config, store)
+        n = engine.revoke(args.record_ids, args.reason)
     print(f"{n} record(s) marked for withdrawal at every target; the next `mcsync sync` sends the "
           "withdrawals, and they stay withdrawn whatever later exports say")
     return EXIT_OK
@@ -201,7 +205,6 @@ def _run(config: Config, args: argparse.Namespace, *, dry_run: bool = False, sin
          until: date | None = None, kind: str = "sync", full: bool = False,
          allow_withdrawals: bool = False) -> int:
     from .engine import Engine
-    from .lock import RunLock
 
     metrics = None
     if not dry_run and config.settings.metrics.textfile is not None:
@@ -209,17 +212,13 @@ def _run(config: Config, args: argparse.Namespace, *, dry_run: bool = False, sin
 
         metrics = RunMetrics.for_config(config)   # from here on it times the targets' requests
     try:
-        with RunLock(config.state_path):
-            store = _store(config)
-            try:
-                report = Engine(config, store).run(dry_run=dry_run, sources=args.source, only_targets=args.target,
-                                                   since=since, until=until, kind=kind, full=full,
-                                                   allow_withdrawals=allow_withdrawals)
-                counts = store.counts()
-                if metrics is not None:
-                    metrics.after_run(store, report, config)
-            finally:
-                store.close()
+        with _store(config, locked=True) as store:
+            report = Engine(config, store).run(dry_run=dry_run, sources=args.source, only_targets=args.target,
+                                               since=since, until=until, kind=kind, full=full,
+                                               allow_withdrawals=allow_withdrawals)
+            counts = store.counts()
+            if metrics is not None:
+                metrics.after_run(store, report, config)
     finally:
         if metrics is not None:
             metrics.close()
@@ -298,12 +297,9 @@ def status_json(config: Config, store: SqliteStateStore) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
-    try:
+    with _store(config) as store:
         data = status_json(config, store)
         waiting = _waiting_reasons(store, data["targets"])
-    finally:
-        store.close()
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
@@ -333,11 +329,8 @@ def _waiting_reasons(store: SqliteStateStore, targets: dict[str, Any]) -> dict[s
 
 def cmd_failures(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
-    try:
+    with _store(config) as store:
         failures = store.failures(args.target)
-    finally:
-        store.close()
     if args.json:
         print(json.dumps([f.as_json() for f in failures], indent=2))
         return EXIT_OK
@@ -354,17 +347,12 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .lock import RunLock
 
     config = _config(args)
     if not args.all and not args.record_ids:
         raise ConfigError("give --all or one or more RECORD_IDs")
-    with RunLock(config.state_path):
-        store = _store(config)
-        try:
-            n = store.retry(None if args.all else args.record_ids, args.target)
-        finally:
-            store.close()
+    with _store(config, locked=True) as store:
+        n = store.retry(None if args.all else args.record_ids, args.target)
     print(f"{n} failed deliveries queued again; they go out on the next sync "
           "(input problems clear by themselves once the export is fixed)")
     return EXIT_OK
@@ -448,7 +436,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import Engine
     from .sandbox import Sandbox
-    from .state import SqliteStateStore
 
     config = load_config(Path(args.config) if args.config else DEMO_CONFIG)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="mcsync-demo-"))
@@ -463,27 +450,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for attempt, title in enumerate(("first sync: everything is new",
                                          "second sync: nothing changed, so nothing is sent")):
             print(f"== {title}")
-            store = SqliteStateStore(demo_config.state_path)
-            try:
+            with _store(demo_config) as store:
                 before = sandbox.write_requests()
                 report = Engine(demo_config, store).run()
                 _print_report(report, store.counts(), as_json=False)
                 print(f"  write requests to the national systems: {sandbox.write_requests() - before}\n")
                 exit_code = report.exit_code
-            finally:
-                store.close()
-        store = SqliteStateStore(demo_config.state_path)
-        try:
+        with _store(demo_config) as store:
             print("== mcsync status --json")
             print(json.dumps(status_json(demo_config, store), indent=2, sort_keys=True))
             failures = store.failures()
             if failures:
-                print(f"\n== mcsync failures ({len(failures)}: the sample exports hold a few broken rows on purpose)")
+                print(f"\n== mcsync failures ({len(failures)} need a person)")
                 for f in failures:
                     where = str(f.location) if f.location else f"{f.target} {f.record_id}"
                     print(f"  {where}: {f.reason}")
-        finally:
-            store.close()
         print(f"\nsandbox now holds: {sandbox.summary()}")
         return exit_code
     finally:
