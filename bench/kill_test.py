@@ -10,8 +10,8 @@ cut off before the answer. It writes an institution pointing at the sandbox (tes
 the demo mapping, a learner directory and an Osiris-style export of `--cohort` + 6 results), then
 loops until `--kills` SIGKILLs have hit a running process:
 
-1. maybe change the exports first (a grade corrected to a fail or back, a new learner who passed) and
-   let a learner accept an award in Edubadges (all seeded);
+1. maybe change the exports first (a grade corrected to a fail or back, a new learner who passed, a
+   row that vanishes from the export) and let a learner accept an award in Edubadges (all seeded);
 2. start `python -m mcsync sync` as a separate process;
 3. kill it with SIGKILL at a random moment: mostly within `--window` seconds after its first request
    reached the sandbox (deliveries under way), sometimes earlier, while it reads and plans.
@@ -140,6 +140,10 @@ class Harness:
             exports.add_learner(self.rng.choice(CODES))
             exports.write(self.inst.folder)
             self.counts["new learners"] += 1
+        elif roll < 0.58 and len(exports.present()) > 10:
+            exports.remove(self.rng.choice(exports.present()))     # vanished from the export: withdrawn
+            exports.write(self.inst.folder)
+            self.counts["removed rows"] += 1
         if self.rng.random() < 0.3:
             waiting = [k for k in exports.keys() if self.inst.unclaimed(k)]
             if waiting:
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "ok": ok, "kills": kills, "kills_during_delivery": harness.counts["kills"],
             "kills_before_first_request": harness.counts["early kills"],
             "runs_finished_before_their_kill": harness.counts["finished"],
-            "changes": {k: harness.counts[k] for k in ("corrections", "new learners", "claims")},
+            "changes": {k: harness.counts[k] for k in ("corrections", "new learners", "removed rows", "claims")},
             "faults_injected": dict(harness.faults.injected),
             "results": len(harness.inst.exports.grades),
             "passed": sum(1 for k in harness.inst.exports.keys() if harness.inst.exports.awarded(k)),

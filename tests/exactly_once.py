@@ -374,7 +374,9 @@ def settle_parked(inst: Institution, store: SqliteStateStore) -> list[str]:
     edu = inst.sandbox.edubadges
     for failure in store.failures():
         key = records.get(failure.record_id or "")
-        if failure.target != "edubadges" or failure.code not in (OUTCOME_UNKNOWN, AWARD_NOT_FOUND) or key is None:
+        # read the way a person reads it: the words (a later correction keeps the words, not the code)
+        lost = failure.code == OUTCOME_UNKNOWN or "may have claimed the lost award" in failure.reason
+        if failure.target != "edubadges" or key is None or not (lost or failure.code == AWARD_NOT_FOUND):
             unexplained.append(f"{failure.target} {failure.record_id}: {failure.reason}")
             continue
         eppn, badgeclass = inst.eppn(key), inst.badgeclass(key[1])
@@ -382,9 +384,9 @@ def settle_parked(inst: Institution, store: SqliteStateStore) -> list[str]:
             for badge in edu.assertions(eppn=eppn, badgeclass=badgeclass):
                 if not badge.revoked:
                     edu.revoke_by_hand(badge.entity_id)
-            if failure.code == OUTCOME_UNKNOWN:
+            if lost:
                 retry.append(failure.record_id or "")
-        elif failure.code == OUTCOME_UNKNOWN and edu.awards_for(eppn, badgeclass) == 0:
+        elif lost and edu.awards_for(eppn, badgeclass) == 0:
             retry.append(failure.record_id or "")
     if retry:
         store.retry(retry, "edubadges")

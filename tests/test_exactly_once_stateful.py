@@ -52,6 +52,7 @@ from hypothesis.stateful import (
 from mcsync.engine import Engine, RunReport
 from mcsync.sandbox import Faults
 from mcsync.state import SqliteStateStore
+from mcsync.targets.edubadges.target import OUTCOME_UNKNOWN
 
 from .exactly_once import (
     CODES,
@@ -344,8 +345,11 @@ class ExactlyOnce(RuleBasedStateMachine):
             if not self.in_step:          # every step finished: end with a recovery and its audit
                 self.recover_and_audit()
         finally:
-            self.sandbox.close()
-            self.tmp.cleanup()
+            self.close()
+
+    def close(self) -> None:
+        self.sandbox.close()
+        self.tmp.cleanup()
 
 
 def test_every_award_exactly_once_whatever_crashes_faults_corrections_and_claims_happen() -> None:
@@ -356,3 +360,31 @@ def test_every_award_exactly_once_whatever_crashes_faults_corrections_and_claims
         phases=[Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if SHRINK else [])],
         print_blob=True, database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]))
+
+
+def test_a_lost_award_claimed_and_then_corrected_ends_withdrawn_by_the_person_the_failure_names() -> None:
+    """A sequence the machine found (two bugs, fixed): every create's answer is lost, a learner claims the
+    award, the recovery parks it (`outcome_unknown`: mcsync cannot see the claimed badge, the person finds
+    the learner holds it), then the grade is corrected to a fail. The row must stay with the person, and
+    the person's revocation plus `mcsync retry` must end with nothing held and the register's intrekking."""
+    machine = ExactlyOnce()
+    try:
+        key = ("2245610", "MC-ZORG03")
+        machine.sandbox.edubadges.fail_next("POST", "/directaward/create", after_apply=True, drop=True, times=3)
+        machine.run(die_at=None)
+        machine.sandbox.edubadges.claim(machine.inst.unclaimed(key)[0])
+        machine.recover_and_audit()
+        store = SqliteStateStore(machine.inst.state_path)
+        try:
+            [failure] = store.failures()
+        finally:
+            store.close()
+        assert failure.code == OUTCOME_UNKNOWN and failure.record_id == machine.inst.record_id(key)
+        machine.inst.exports.regrade(key, passed=False)
+        machine.inst.exports.write(machine.inst.folder)
+        machine.recover_and_audit()
+        registration = machine.sandbox.duo.registered(machine.inst.record_id(key))
+        assert registration is not None and registration.status == "ingetrokken"
+        assert machine.sandbox.edubadges.awards_for(machine.inst.eppn(key), machine.inst.badgeclass(key[1])) == 0
+    finally:
+        machine.close()

@@ -23,7 +23,7 @@ from mcsync.sandbox.base import (
 )
 
 
-class Ledger:
+class Remote:
     """A remote that applies every request it gets (a write counter) and answers 201."""
 
     def __init__(self) -> None:
@@ -36,12 +36,12 @@ class Ledger:
         return SimResponse.json(201, {"applied": len(self.applied)})
 
 
-def client(sim: Ledger, faults: Faults, **kwargs) -> httpx.Client:
+def client(sim: Remote, faults: Faults, **kwargs) -> httpx.Client:
     return httpx.Client(transport=mock_transport(sim, faults=faults), base_url="http://remote.test", **kwargs)
 
 
 def test_a_5xx_is_answered_with_retry_after_and_nothing_is_applied():
-    sim = Ledger()
+    sim = Remote()
     with client(sim, Faults(error_rate=1.0, error_status=(500, 502, 503, 504), retry_after="3")) as http:
         answers = [http.post("/write") for _ in range(40)]
     assert {a.status_code for a in answers} == {500, 502, 503, 504}
@@ -50,7 +50,7 @@ def test_a_5xx_is_answered_with_retry_after_and_nothing_is_applied():
 
 
 def test_a_429_asks_to_wait_in_seconds_or_as_an_http_date_and_nothing_is_applied():
-    sim = Ledger()
+    sim = Remote()
     faults = Faults(throttle_rate=1.0, throttle_after=30)
     with client(sim, faults) as http:
         answers = [http.post("/write") for _ in range(40)]
@@ -67,7 +67,7 @@ def test_a_429_asks_to_wait_in_seconds_or_as_an_http_date_and_nothing_is_applied
 
 @pytest.mark.parametrize("applied", [0.0, 1.0])
 def test_a_timeout_holds_the_answer_past_the_client_timeout_applied_or_not(applied):
-    sim = Ledger()
+    sim = Remote()
     with client(sim, Faults(timeout_rate=1.0, timeout_hold=5.0, timeout_applied=applied), timeout=1.0) as http:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/write")
@@ -75,14 +75,14 @@ def test_a_timeout_holds_the_answer_past_the_client_timeout_applied_or_not(appli
 
 
 def test_a_hold_shorter_than_the_client_timeout_is_only_a_slow_answer():
-    sim = Ledger()
+    sim = Remote()
     with client(sim, Faults(timeout_rate=1.0, timeout_hold=0.01, timeout_applied=1.0), timeout=5.0) as http:
         assert http.post("/write").status_code == 201
     assert sim.applied == ["/write"]
 
 
 def test_apply_then_drop_applies_the_write_and_never_answers():
-    sim = Ledger()
+    sim = Remote()
     with client(sim, Faults(drop_rate=1.0)) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             http.post("/write")
@@ -90,7 +90,7 @@ def test_apply_then_drop_applies_the_write_and_never_answers():
 
 
 def test_a_gateway_error_after_the_write_was_applied():
-    sim = Ledger()
+    sim = Remote()
     with client(sim, Faults(gateway_rate=1.0)) as http:
         answer = http.post("/write")
     assert answer.status_code == 502 and "Bad Gateway" in answer.text
@@ -98,7 +98,7 @@ def test_a_gateway_error_after_the_write_was_applied():
 
 
 def test_rates_are_shares_of_the_requests_and_the_rest_is_served():
-    sim = Ledger()
+    sim = Remote()
     faults = Faults(error_rate=0.1, throttle_rate=0.1, drop_rate=0.1, gateway_rate=0.1, seed=11)
     outcomes: Counter[str] = Counter()
     with client(sim, faults) as http:
@@ -116,7 +116,7 @@ def test_rates_are_shares_of_the_requests_and_the_rest_is_served():
 def test_the_same_seed_gives_the_same_faults_to_the_same_requests():
     def run(seed: int) -> list[str]:
         seen = []
-        with client(Ledger(), Faults(error_rate=0.2, drop_rate=0.2, throttle_rate=0.2, seed=seed)) as http:
+        with client(Remote(), Faults(error_rate=0.2, drop_rate=0.2, throttle_rate=0.2, seed=seed)) as http:
             for _ in range(200):
                 try:
                     seen.append(str(http.post("/write").status_code))
@@ -133,7 +133,7 @@ def test_the_same_seed_gives_the_same_faults_to_the_same_requests():
 
 
 def test_switched_off_nothing_is_injected_and_on_again_it_is():
-    sim = Ledger()
+    sim = Remote()
     faults = Faults(drop_rate=1.0, latency=30.0)     # off means no latency either: this would hang
     faults.off()
     with client(sim, faults) as http:
@@ -146,7 +146,7 @@ def test_switched_off_nothing_is_injected_and_on_again_it_is():
 
 
 def test_a_mount_can_have_its_own_faults_and_the_switch_covers_them():
-    a, b = Ledger(), Ledger()
+    a, b = Remote(), Remote()
     faults = Faults(mounts={"/b": Faults(drop_rate=1.0)})
     with httpx.Client(transport=mock_transport({"/a": a, "/b": b}, faults=faults), base_url="http://x.test") as http:
         assert http.post("/a/write").status_code == 201
@@ -158,7 +158,7 @@ def test_a_mount_can_have_its_own_faults_and_the_switch_covers_them():
 
 
 def test_latency_delays_every_request_and_switched_off_it_does_not():
-    sim = Ledger()
+    sim = Remote()
     faults = Faults(latency=0.05, jitter=0.05)
     with client(sim, faults) as http:
         begin = time.monotonic()
@@ -172,7 +172,7 @@ def test_latency_delays_every_request_and_switched_off_it_does_not():
 
 
 def test_over_real_http_a_timeout_and_a_drop_look_like_the_network_failing():
-    sim = Ledger()
+    sim = Remote()
     faults = Faults(timeout_rate=1.0, timeout_hold=1.0, timeout_applied=1.0)
     with SandboxServer({"/remote": sim}, faults=faults) as server:
         with httpx.Client(base_url=server.url, timeout=0.2) as http:

@@ -101,6 +101,11 @@ log = logging.getLogger(__name__)
 BODY_LIMIT = 4 * 1024 * 1024
 #: The code of a park whose create may have been applied and claimed: what the learner holds is unknown.
 OUTCOME_UNKNOWN = "outcome_unknown"
+#: What a person does about it. The record may change while the item waits, so the hint covers both cases.
+LOST_CREATE_HINT = ("look the learner up in Edubadges (mcsync cannot see a badge whose create was never answered). "
+                    "If their result still passes: no badge of this badge class → `mcsync retry` sends it; a badge "
+                    "→ leave this item, a retry would send a second one. If it no longer passes: revoke the badge "
+                    "if they hold one, then `mcsync retry` closes the item")
 #: The code of a park of a withdrawal whose award mcsync can no longer find: a person revokes it by hand.
 AWARD_NOT_FOUND = "award_not_found"
 
@@ -271,16 +276,10 @@ class Delivery:
         lost = (f"a create sent to Edubadges at {attempt.at:%Y-%m-%d %H:%M:%S} UTC got no answer, no unclaimed award "
                 f"of badge class {attempt.badgeclass} for {attempt.eppn} is listed now, and {grown} awards of that "
                 "badge class were claimed since: this learner may have claimed the lost award")
-        if item.desired_hash is None:          # a correction came in meanwhile: a claimed badge must go
-            self.park(item, UnknownOutcome(
-                f"{lost}, and the record no longer leads to an award", code=OUTCOME_UNKNOWN,
-                hint="look the learner up in Edubadges and revoke their badge of this badge class if they hold it "
-                     "(mcsync cannot find a badge whose create was never answered); then `mcsync retry` closes the "
-                     "item without sending anything"))
-            return
-        self.park(item, UnknownOutcome(
-            lost, code=OUTCOME_UNKNOWN,
-            hint="check the learner's badges in Edubadges; if there is none, `mcsync retry` sends the award"))
+        wanted = ("the record no longer leads to an award" if item.desired_hash is None
+                  else "the record still leads to this award")
+        self.park(item, UnknownOutcome(f"{lost}; when this was parked, {wanted}", code=OUTCOME_UNKNOWN,
+                                       hint=LOST_CREATE_HINT))
 
     # 3. withdraw ------------------------------------------------------------------------------------------
     async def withdraw(self, pairs: Sequence[tuple[WorkItem, Intent]]) -> list[WorkItem]:
