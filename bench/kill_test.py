@@ -164,10 +164,11 @@ class Harness:
             try:
                 busy = open_work(store)
                 unexplained = [] if busy else settle_parked(self.inst, store)
-                if not busy and not unexplained and not open_work(store):
-                    return {"quiet": True, "exit_codes": exits, "unexplained_failures": []}
-                if unexplained:
-                    return {"quiet": True, "exit_codes": exits, "unexplained_failures": unexplained}
+                if unexplained or not (busy or open_work(store)):
+                    # what stays with a person (the learner holds the badge, or it was revoked by hand)
+                    kept = Counter(f.code or "no code" for f in store.failures())
+                    return {"quiet": True, "exit_codes": exits, "unexplained_failures": unexplained,
+                            "kept_by_a_person": dict(kept)}
             finally:
                 store.close()
         return {"quiet": False, "still_under_way": busy, "exit_codes": exits, "unexplained_failures": []}
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['runs_finished_before_their_kill']} runs finished first) in "
               f"{summary['seconds']['total']} s; {summary['results']} results, {summary['passed']} passed")
         print(f"changes {summary['changes']}; faults {summary['faults_injected']}; "
-              f"recovery runs {summary['recovery']['exit_codes']}")
+              f"recovery runs {summary['recovery']['exit_codes']}; failures a person settled by hand "
+              f"{summary['recovery'].get('kept_by_a_person', {})}")
         print("audit: " + ("exactly once everywhere, every withdrawal withdrawn" if not found.problems
                            else "\n  ".join(["PROBLEMS", *found.problems])))
         for failure in summary["recovery"]["unexplained_failures"]:

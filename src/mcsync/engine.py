@@ -61,9 +61,10 @@ from .adapter import Adapter, AdapterContext, LearnerRow, RawResult
 from .config import Config, SourceSettings, plugin_settings
 from .errors import ConfigError, DeliveryError, InputProblem, Location, ShutdownRequested, TargetUnavailable
 from .mapping import Mapping, load_mapping, to_record
+from .progress import NoProgress, Progress
 from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, definition_digest,
                      make_record_id, stable_hash)
-from .state.store import Problem, StateStore, StoredRecord
+from .state.store import DeliveryRow, Problem, StateStore, StoredRecord
 from .targets.base import DeliveryState, RemoteRef, Target, TargetContext, WorkItem, catalogue_key
 
 log = logging.getLogger("mcsync.engine")
@@ -129,11 +130,18 @@ TransportFactory = Callable[[str], httpx.AsyncBaseTransport | None]
 
 
 class CountingLedger:
-    """Wraps a target's ledger to count outcomes for the run report."""
+    """Wraps a target's ledger to count outcomes for the run report and the progress display.
 
-    def __init__(self, inner: Any, report: TargetReport) -> None:
+    Progress counts each item once: when it is settled (confirmed, deferred, parked) or submitted
+    (a later confirmation in the same run of an item submitted in it is not counted again)."""
+
+    def __init__(self, inner: Any, report: TargetReport, progress: Progress | None = None,
+                 phase: str = "") -> None:
         self._inner = inner
         self._report = report
+        self._progress = progress or NoProgress()
+        self._phase = phase
+        self._submitted: set[str] = set()
         self.target = inner.target
 
     def __getattr__(self, name: str) -> Any:
@@ -145,19 +153,26 @@ class CountingLedger:
             self._report.withdrawn += 1
         else:
             self._report.confirmed += 1
+        if key not in self._submitted:
+            self._progress.advance(self._phase)
 
     def submitted(self, key: str, *, remote: RemoteRef, note: str | None = None) -> None:
         self._inner.submitted(key, remote=remote, note=note)
         self._report.submitted += 1
+        if key not in self._submitted:
+            self._submitted.add(key)
+            self._progress.advance(self._phase)
 
     def defer(self, key: str, *, reason: str, retry_after: float | None = None,
               remote: RemoteRef | None = None) -> None:
         self._inner.defer(key, reason=reason, retry_after=retry_after, remote=remote)
         self._report.deferred += 1
+        self._progress.advance(self._phase)
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
         self._inner.park(key, error=error, remote=remote)
         self._report.parked += 1
+        self._progress.advance(self._phase)
         log.warning("parked for a person", extra={"target": self.target, "record_id": key,
                                                   "event": "parked", "reason": error.message})
 
@@ -167,8 +182,10 @@ class Engine:
 
     def __init__(self, config: Config, store: StateStore, *,
                  transports: TransportFactory | None = None, sleep: Any = None,
-                 today: Callable[[], date] = date.today, stop: threading.Event | None = None) -> None:
+                 today: Callable[[], date] = date.today, stop: threading.Event | None = None,
+                 progress: Progress | None = None) -> None:
         self.config = config
+        self.progress: Progress = progress or NoProgress()
         self.store = store
         self.issuer = config.settings.institution.issuer()
         self.transports = transports or (lambda name: None)
@@ -410,6 +427,8 @@ class Engine:
             return False
         rows: list[RawResult] = []
         complete = True
+        phase = f"read {source.name}"
+        self.progress.start(phase, None)
         try:
             for item in adapter.read():
                 if isinstance(item, InputProblem):
@@ -426,6 +445,7 @@ class Engine:
                 rows.append(item)
                 if len(rows) >= BATCH:
                     self._map_batch(rows, mapping, report, stats, problems, base, winners)
+                    self.progress.advance(phase, len(rows))
                     rows = []
         except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
             complete = False
@@ -434,6 +454,8 @@ class Engine:
                                     f"reading stopped: {exc}"))
         if rows:
             self._map_batch(rows, mapping, report, stats, problems, base, winners)
+            self.progress.advance(phase, len(rows))
+        self.progress.finish(phase)
         self.store.replace_problems(source.name, problems, report.run_id)
         report.problems += len(problems)
         stats["problems"] += len(problems)
@@ -562,10 +584,13 @@ class Engine:
 
     async def _deliver_target(self, name: str, target: Target, report: RunReport) -> None:
         treport = report.targets[name]
-        ledger = CountingLedger(self.store.ledger(name), treport)
+        phase = f"deliver {name}"
+        due = list(self.store.work(name, datetime.now(UTC)))
+        self.progress.start(phase, len(due))
+        ledger = CountingLedger(self.store.ledger(name), treport, self.progress, phase)
         started = time.monotonic()
         try:
-            for chunk in self._work_chunks(name, target):
+            for chunk in self._work_chunks(due, target):
                 if self.stop.is_set():
                     raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
                 await target.deliver(chunk, ledger)
@@ -583,13 +608,13 @@ class Engine:
                           name, extra={"target": name, "event": "target_error"})
         finally:
             treport.seconds = round(time.monotonic() - started, 3)
+            self.progress.finish(phase)
         treport.in_flight = self.store.count_in_state(name, DeliveryState.IN_FLIGHT)
 
-    def _work_chunks(self, name: str, target: Target) -> Iterator[list[WorkItem]]:
+    def _work_chunks(self, rows: Sequence[DeliveryRow], target: Target) -> Iterator[list[WorkItem]]:
         """Due work in chunks, with the latest records or definitions attached."""
         definitions = self.definitions()
         size = int(getattr(target, "chunk_size", DELIVERY_CHUNK))   # a target may want larger batches
-        rows = list(self.store.work(name, datetime.now(UTC)))
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
             records = self.store.records([r.key for r in chunk]) if target.unit == "record" else {}
