@@ -134,8 +134,10 @@ class Harness:
         """One deliver step over all due work (in chunks like the engine, if `chunk`)."""
         items = self.work(later=later)
         size = chunk or max(len(items), 1)
+        ledger = ledger or self.store.ledger("duo")
         for start in range(0, len(items), size):
-            await self.target.deliver(items[start:start + size], ledger or self.store.ledger("duo"))
+            await self.target.deliver(items[start:start + size], ledger)
+        await self.target.finish(ledger)
         return items
 
     def confirm_rio(self, code: str = "MC-DATA01", unit_code: str = UNIT_CODE) -> None:

@@ -184,6 +184,7 @@ async def test_recovery_works_when_the_engine_hands_a_delivery_over_in_chunks(st
     later, first = [i for i in items if i.key == holder], [i for i in items if i.key != holder]
     await h.target.deliver(first, h.store.ledger("duo"))
     await h.target.deliver(later, h.store.ledger("duo"))
+    await h.target.finish(h.store.ledger("duo"))
     assert_once_each(h, records)
     assert len(h.sim.deliveries_received) == 1 and h.sim.posts == 1
     await h.aclose()

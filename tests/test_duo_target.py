@@ -460,16 +460,28 @@ async def test_reports_are_polled_within_the_budget_and_read_back_next_run(store
 
 
 @asynctest
-async def test_the_poll_budget_spans_the_chunks_of_one_run(store, issuer) -> None:
+async def test_the_reports_of_every_chunk_are_read_together_after_the_last_one(store, issuer) -> None:
     clock = Clock()
     sim = DuoRegisterSimulator(processing_delay=30, clock=clock)
     h = Harness(store, issuer, sim=sim, clock=clock, poll_budget=40, batch_size=1)
     h.confirm_rio()
     h.plan(*passed(issuer, 3))
     await h.deliver(chunk=1)
-    assert clock.waits == [30.0]                         # the first chunk waited; the others must not
-    states = sorted(s.value for s in h.states().values())
-    assert states == ["submitted", "submitted", "synced"]   # later chunks: read back on the next run
+    assert sim.posts == 3 and clock.waits == [30.0]      # one wait for all three, not one per chunk
+    assert set(h.states().values()) == {DeliveryState.SYNCED}
+    await h.aclose()
+
+
+@asynctest
+async def test_the_poll_budget_spans_the_whole_run(store, issuer) -> None:
+    clock = Clock()
+    sim = DuoRegisterSimulator(processing_delay=30, clock=clock)
+    h = Harness(store, issuer, sim=sim, clock=clock, poll_budget=20, batch_size=1)
+    h.confirm_rio()
+    h.plan(*passed(issuer, 3))
+    await h.deliver(chunk=1)
+    assert clock.waits == []                              # 30 s asked, 20 s allowed: read back next run
+    assert set(h.states().values()) == {DeliveryState.SUBMITTED}
     await h.aclose()
 
 

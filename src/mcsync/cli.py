@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--reason", required=True, help="why, in words the learner and DUO may read")
 
     backfill = sub.add_parser("backfill", help="re-read historical results in a date range; never duplicates")
-    _run_options(backfill)
+    _run_options(backfill, progress_default="on, unless -q")
     backfill.add_argument("--since", type=date.fromisoformat, required=True, metavar="DATE")
     backfill.add_argument("--until", type=date.fromisoformat, metavar="DATE")
 
@@ -121,10 +121,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
+def _run_options(parser: argparse.ArgumentParser, *, progress_default: str = "off") -> None:
     parser.add_argument("--source", action="append", default=[], metavar="NAME", help="only this source")
     parser.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress on stderr: bars on a terminal, a log line per phase every 10 s "
+                        f"otherwise (default: {progress_default})")
 
 
 # ---------------------------------------------------------------------------- entry
@@ -213,9 +216,11 @@ def _run(config: Config, args: argparse.Namespace, *, dry_run: bool = False, sin
         metrics = RunMetrics.for_config(config)   # from here on it times the targets' requests
     try:
         with _store(config, locked=True) as store:
-            report = Engine(config, store).run(dry_run=dry_run, sources=args.source, only_targets=args.target,
-                                               since=since, until=until, kind=kind, full=full,
-                                               allow_withdrawals=allow_withdrawals)
+            with _progress(args, kind) as progress:
+                engine = Engine(config, store, progress=progress)
+                report = engine.run(dry_run=dry_run, sources=args.source, only_targets=args.target,
+                                    since=since, until=until, kind=kind, full=full,
+                                    allow_withdrawals=allow_withdrawals)
             counts = store.counts()
             if metrics is not None:
                 metrics.after_run(store, report, config)
@@ -224,6 +229,14 @@ def _run(config: Config, args: argparse.Namespace, *, dry_run: bool = False, sin
             metrics.close()
     _print_report(report, counts, as_json=args.json)
     return report.exit_code
+
+
+def _progress(args: argparse.Namespace, kind: str) -> Any:
+    """What shows the run's progress on stderr (`--progress`; by default backfill shows it, sync not)."""
+    from .progress import NoProgress, for_stream
+
+    wanted = args.progress if args.progress is not None else (kind == "backfill" and not args.quiet)
+    return for_stream(sys.stderr) if wanted else NoProgress()
 
 
 def log_run_summary(report: RunReport) -> None:

@@ -43,11 +43,13 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -239,15 +241,25 @@ def _is_utf8_with_non_ascii(data: bytes) -> bool:
     return not data.isascii()
 
 
+def _utf8(data: bytes) -> str | None:
+    """`data` decoded as UTF-8; None if it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class _Lines:
     """Physical lines of a binary stream as text, deciding the encoding as they come.
 
-    `line_no` is the number of the last line handed out. Lines that could not be read faithfully
-    are handed out anyway (so the csv module keeps its place) and listed in `bad`, keyed by line
-    number, so the record that contains them is reported instead of passed on.
+    Iterating gives the lines in order; `line_no` is the number of the last line handed out. Lines
+    that could not be read faithfully are handed out anyway (so the csv module keeps its place) and
+    listed in `bad`, keyed by line number, so the record that contains them is reported instead of
+    passed on.
     """
 
-    def __init__(self, raw: io.BufferedReader, path: Path, *, encoding: str | None, max_line_bytes: int) -> None:
+    def __init__(self, raw: io.BufferedReader, path: Path, *, encoding: str | None, max_line_bytes: int,
+                 long_line_chars: int = LONG_LINE_CHARS) -> None:
         self.raw = raw
         self.path = path
         self.max_line_bytes = max_line_bytes
@@ -256,30 +268,47 @@ class _Lines:
         self.line_no = 0
         self.bom = False
         self.bad: dict[int, str] = {}
-        #: set when a line longer than LONG_LINE_CHARS was handed out (csvio then checks cell sizes)
+        #: set when a line longer than `long_line_chars` was handed out (csvio then checks cell sizes)
         self.long_line = False
-        self.long_line_chars = LONG_LINE_CHARS
+        self.long_line_chars = long_line_chars
         self._read_limit = max_line_bytes + 1
         self._non_ascii_seen = False
-        self._pending: str | None = None
+        # A generator, not a __next__ method: csv.reader pulls every line through it, and resuming
+        # a generator costs far less than calling a Python method once per line.
+        self._lines = self._read()
 
-    def __iter__(self) -> _Lines:
-        return self
-
-    def push_back(self, text: str) -> None:
-        """Hand `text` (the last line) out again on the next call."""
-        self._pending = text
-        self.line_no -= 1
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
 
     def __next__(self) -> str:
-        if self._pending is not None:
-            text, self._pending = self._pending, None
-            self.line_no += 1
-            return text
-        data = self.raw.readline(self._read_limit)
+        return next(self._lines)
+
+    def _read(self) -> Iterator[str]:
+        readline, limit = self.raw.readline, self._read_limit
+        data = readline(limit)
         if not data:
-            raise StopIteration
-        self.line_no += 1
+            return
+        self.line_no = 1
+        yield self._line(data)          # the first line gets the BOM and binary-data checks
+        # Fast path: a short line without NUL bytes needs none of the checks in `_line` when it is
+        # ASCII (the same text in every encoding mcsync accepts) or, while the file is read as
+        # UTF-8, valid UTF-8. Nearly every line of an export is one. "Short" means it can neither
+        # be too long nor make a row need its cell sizes checked.
+        short = min(self.long_line_chars, self.max_line_bytes)
+        for data in iter(partial(readline, limit), b""):
+            self.line_no += 1
+            if len(data) <= short and 0 not in data:
+                if data.isascii():
+                    yield data.decode("ascii")
+                    continue
+                if self.encoding == "utf-8" and (text := _utf8(data)) is not None:
+                    self._non_ascii_seen = True
+                    yield text
+                    continue
+            yield self._line(data)
+
+    def _line(self, data: bytes) -> str:
+        """Physical line number `line_no` as text, with every check (see the class docstring)."""
         if len(data) > self.long_line_chars:
             self.long_line = True
         if len(data) > self.max_line_bytes and not data.endswith(b"\n"):
@@ -406,8 +435,8 @@ class CsvFile:
         except OSError as exc:
             self.problem = self.file_problem(f"cannot be opened: {exc.strerror or exc}")
             return self
-        self._lines = _Lines(self._raw, self.path, encoding=self._encoding, max_line_bytes=self._max_line_bytes)
-        self._lines.long_line_chars = min(LONG_LINE_CHARS, self.max_field_chars)
+        self._lines = _Lines(self._raw, self.path, encoding=self._encoding, max_line_bytes=self._max_line_bytes,
+                             long_line_chars=min(LONG_LINE_CHARS, self.max_field_chars))
         try:
             self._read_header()
         except _NotText as exc:
@@ -478,10 +507,10 @@ class CsvFile:
                 first_line = lines.line_no
             else:
                 self.delimiter = sniff_delimiter(first)
-        lines.push_back(first)
-        self._reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True,
-                                  strict=True)
-        record = self._next_record()
+        # the reader starts with the header line, already read (and counted) above
+        self._reader = csv.reader(itertools.chain((first,), lines), delimiter=self.delimiter, quotechar='"',
+                                  doublequote=True, strict=True)
+        record = self._next_record(first_line)
         if record is None:
             self.problem = self.file_problem("is empty: no header line")
             return
@@ -506,9 +535,8 @@ class CsvFile:
         log.debug("%s: delimiter %r, header on line %d with %d columns", self.path, self.delimiter,
                   first_line, len(names))
 
-    def _next_record(self) -> tuple[int, int, list[str]] | InputProblem | None:
+    def _next_record(self, start: int) -> tuple[int, int, list[str]] | InputProblem | None:
         assert self._reader is not None and self._lines is not None
-        start = self._lines.line_no + 1
         try:
             cells = next(self._reader)
         except StopIteration:

@@ -23,8 +23,10 @@ One run, in order:
    target settles it first. Catalogue targets (RIO) plan per microcredential definition in the
    mapping files instead of per record.
 
-4. **Deliver.** Targets run in dependency order (RIO before the DUO register, which needs RIO's
-   unit codes). Each target gets its due work (pending, in_flight, submitted) in chunks with the
+4. **Deliver.** Targets run side by side on one event loop; a target starts once the targets it
+   depends on are done (the DUO register waits for RIO, whose unit codes it needs; Edubadges starts at
+   once). Ledger steps that need not be durable at once are committed in groups (see
+   `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
    latest records, and records every step through its ledger (see mcsync.targets.base for the
    crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
    its work queued; an unexpected error in a target is logged and leaves its items as they are
@@ -48,6 +50,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -254,7 +257,8 @@ class Engine:
             asyncio.run(self._close_targets())
             raise
         # delivery and closing share one event loop: the targets' connection pools belong to it
-        asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run))
+        with self.store.deferred_commits():
+            asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run))
         report.exit_code = self._exit_code(report)
         self.store.finish_run(report.run_id, report.exit_code, report.as_dict())
         return report
@@ -274,6 +278,8 @@ class Engine:
     def _exit_code(self, report: RunReport) -> int:
         if not report.dry_run and self.store.failures():
             return EXIT_NEEDS_PERSON
+        if any(t.error for t in report.targets.values()):
+            return EXIT_NEEDS_PERSON          # a target stopped by an unexpected error (a bug): see the log
         if report.dry_run and report.problems:
             return EXIT_NEEDS_PERSON
         if report.interrupted or any(t.unavailable for t in report.targets.values()):
@@ -329,7 +335,7 @@ class Engine:
                        since: date | None, until: date | None, full: bool) -> None:
         learners = self._load_learners(report)
         base = stable_hash([learners, self.fingerprint(), self.today().isoformat()])
-        winners: dict[str, tuple[date, int]] = {}
+        self.store.clear_seen()           # what this run reads, with each record's winning rank (`_rank`)
         partial = since is not None or until is not None
         read_in_full: dict[str, str | None] = {}
         for source in self.config.settings.sources:
@@ -343,31 +349,30 @@ class Engine:
                          extra={"source": source.name, "event": "source_unchanged"})
                 self._mapping_or_none(source)     # its definitions still count for catalogue targets
                 continue
-            complete = self._read_source(source, report, base, winners, since, until)
+            complete = self._read_source(source, report, base, since, until)
             if complete and not partial:
                 read_in_full[source.name] = fp
-        refused = self._withdraw_vanished(report, list(read_in_full), winners)
+        refused = self._withdraw_vanished(report, list(read_in_full))
         for name, fp in read_in_full.items():
             # a source the guard stopped is read again next time, so that a decision can still follow
             if fp is not None and name not in refused:
                 self.store.set_input_fingerprint(f"source:{name}", fp, report.run_id)
         self._plan_catalogue(report)
 
-    def _withdraw_vanished(self, report: RunReport, sources: list[str], seen: dict[str, Any]) -> set[str]:
+    def _withdraw_vanished(self, report: RunReport, sources: list[str]) -> set[str]:
         """Records that were read from a source before but are in none of this run's exports are
         withdrawn everywhere, unless that looks like a broken export (the guard) rather than a decision.
         Returns the sources the guard stopped."""
         guard = self.config.settings.guard
         refused: set[str] = set()
         for source in sources:
-            known = self.store.source_record_ids(source)
-            gone = [rid for rid in known if rid not in seen]
-            if not gone:
+            n_gone, n_known = self.store.unseen_count(source)
+            if not n_gone:
                 continue
-            share = len(gone) / len(known)
-            if not self._allow_withdrawals and (len(gone) == len(known) or
-                                                (len(gone) >= guard.min_count and share > guard.max_withdraw_share)):
-                reason = (f"the export of source {source} lost {len(gone)} of its {len(known)} records since the "
+            share = n_gone / n_known
+            if not self._allow_withdrawals and (n_gone == n_known or
+                                                (n_gone >= guard.min_count and share > guard.max_withdraw_share)):
+                reason = (f"the export of source {source} lost {n_gone} of its {n_known} records since the "
                           f"last run; nothing was withdrawn, because an export that shrinks this much is more "
                           f"likely broken or truncated than right. If it is right, run `mcsync sync "
                           f"--allow-withdrawals` once")
@@ -378,6 +383,7 @@ class Engine:
                 refused.add(source)
                 continue
             self.store.replace_problems(f"{source}:guard", [], report.run_id)
+            gone = self.store.unseen_record_ids(source)
             reason = "no longer in the institution's export"
             self.store.set_hold(gone, "vanished", reason)
             self._withdraw(gone)
@@ -410,7 +416,7 @@ class Engine:
         return inputs.fingerprint(self.config.base_dir, source.adapter, source.options, mapping_text, base)
 
     def _read_source(self, source: SourceSettings, report: RunReport, base: str,
-                     winners: dict[str, tuple[date, int]], since: date | None, until: date | None) -> bool:
+                     since: date | None, until: date | None) -> bool:
         """Read one source to the end; False when it could not be read completely."""
         stats = report.sources.setdefault(source.name, {"read": 0, "mapped": 0, "problems": 0})
         problems: list[Problem] = []
@@ -428,9 +434,14 @@ class Engine:
         rows: list[RawResult] = []
         complete = True
         phase = f"read {source.name}"
+        scanned = 0
         self.progress.start(phase, None)
         try:
             for item in adapter.read():
+                scanned += 1
+                if scanned >= BATCH:               # progress counts rows scanned, in range or not
+                    self.progress.advance(phase, scanned)
+                    scanned = 0
                 if isinstance(item, InputProblem):
                     problems.append(Problem(item.location, item.reason))
                     continue
@@ -444,8 +455,7 @@ class Engine:
                     continue
                 rows.append(item)
                 if len(rows) >= BATCH:
-                    self._map_batch(rows, mapping, report, stats, problems, base, winners)
-                    self.progress.advance(phase, len(rows))
+                    self._map_batch(rows, mapping, report, stats, problems, base)
                     rows = []
         except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
             complete = False
@@ -453,8 +463,8 @@ class Engine:
             problems.append(Problem(Location(source.name, str(source.options.get("path", "")), None, None),
                                     f"reading stopped: {exc}"))
         if rows:
-            self._map_batch(rows, mapping, report, stats, problems, base, winners)
-            self.progress.advance(phase, len(rows))
+            self._map_batch(rows, mapping, report, stats, problems, base)
+        self.progress.advance(phase, scanned)
         self.progress.finish(phase)
         self.store.replace_problems(source.name, problems, report.run_id)
         report.problems += len(problems)
@@ -462,28 +472,33 @@ class Engine:
         return complete
 
     def _map_batch(self, rows: list[RawResult], mapping: Mapping, report: RunReport, stats: dict[str, int],
-                   problems: list[Problem], base: str, winners: dict[str, tuple[date, int]]) -> None:
+                   problems: list[Problem], base: str) -> None:
         """Map a batch of rows. A row whose inputs (row, learner, definition, settings) hash to the plan
         hash stored for its record is unchanged: it is counted and nothing else is done with it."""
         directory = self.store.learners(r.student_number.strip() for r in rows if r.student_number)
         grading = stable_hash([base, mapping.grading.model_dump(mode="json")])
-        keyed: list[tuple[RawResult, str | None, str | None]] = []
+        keyed: list[tuple[RawResult, uuid.UUID | None, str | None, str | None]] = []
         for raw in rows:
             has_result = raw.grade is not None or raw.status_hint is not None
             definition = (mapping.definition_for(raw.course_code)
                           if raw.course_code and raw.student_number and has_result else None)
             if definition is None:
-                keyed.append((raw, None, None))
+                keyed.append((raw, None, None, None))
                 continue
             number = raw.student_number.strip()  # type: ignore[union-attr]
-            rid = str(make_record_id(self.issuer.brin, number, definition.code))
-            keyed.append((raw, rid, _row_hash(raw, directory.get(number), definition_digest(definition), grading)))
-        stored = self.store.stored([rid for _, rid, _ in keyed if rid is not None])
+            record_id = make_record_id(self.issuer.brin, number, definition.code)
+            keyed.append((raw, record_id, str(record_id),
+                          _row_hash(raw, directory.get(number), definition_digest(definition), grading)))
+        rids = [rid for _, _, rid, _ in keyed if rid is not None]
+        stored = self.store.stored(rids)
+        earlier = self.store.seen_ranks(rids)        # read before in this run (another row, file or source)
+        winners: dict[str, int] = {}                  # this batch's winners, ranked
         records: dict[str, tuple[MicrocredentialRecord, str]] = {}
         today = self.today()
-        for raw, rid, row_hash in keyed:
+        for raw, record_id, rid, row_hash in keyed:
             before = stored.get(rid) if rid is not None else None
-            if before is not None and before.plan_hash == row_hash and rid not in winners and not before.hold:
+            if (before is not None and before.plan_hash == row_hash and rid not in winners and rid not in earlier
+                    and not before.hold):
                 rank = _quick_rank(raw, mapping)
                 if rank is not None:
                     winners[rid] = rank          # type: ignore[index]
@@ -492,43 +507,49 @@ class Engine:
                     stats["mapped"] += 1
                     continue
             known = directory.get(raw.student_number.strip()) if raw.student_number else None
-            outcome = to_record(raw, mapping, self.issuer, _learner_from_directory(known), today=today)
+            outcome = to_record(raw, mapping, self.issuer, _learner_from_directory(known), today=today,
+                                record_id=record_id)
             if outcome is None:
                 report.no_result += 1
                 continue
             if isinstance(outcome, InputProblem):
                 problems.append(Problem(outcome.location, outcome.reason))
                 continue
-            rid = str(outcome.record_id)
-            rank = (outcome.result.assessment_date, _STATUS_RANK[outcome.result.status])
-            if rid in winners and winners[rid] >= rank:
+            rid = rid or str(outcome.record_id)
+            rank = _rank(outcome.result.assessment_date, outcome.result.status)
+            best = winners.get(rid, earlier.get(rid))
+            if best is not None and best >= rank:
                 report.superseded += 1
                 continue
-            if rid not in winners:
+            if best is None:
                 report.mapped += 1
                 stats["mapped"] += 1
             winners[rid] = rank
             records[rid] = (outcome, row_hash or "")
+        if winners:
+            self.store.mark_seen(winners)
         if records:
             self._plan_records(list(records.values()), stored, report)
 
     def _plan_records(self, records: list[tuple[MicrocredentialRecord, str]],
                       stored: dict[str, StoredRecord], report: RunReport) -> None:
-        missing = [str(r.record_id) for r, _ in records if str(r.record_id) not in stored]
+        ids = [str(r.record_id) for r, _ in records]
+        missing = [rid for rid in ids if rid not in stored]
         if missing:
             stored = {**stored, **self.store.stored(missing)}
         changed: list[tuple[MicrocredentialRecord, str, str]] = []
-        for record, row_hash in records:
-            before = stored.get(str(record.record_id))
+        changed_ids: list[str] = []
+        for rid, (record, row_hash) in zip(ids, records):
+            before = stored.get(rid)
             if before is not None and before.plan_hash == row_hash and not before.hold:
                 report.unchanged += 1
             else:
                 changed.append((record, record.content_hash(), row_hash))
+                changed_ids.append(rid)
         report.changed += len(changed)
         if not changed:
             return
-        held = {rid: hold for rid, hold in ((str(r.record_id), stored.get(str(r.record_id))) for r, _, _ in changed)
-                if hold is not None and hold.hold}
+        held = {rid: hold for rid in changed_ids if (hold := stored.get(rid)) is not None and hold.hold}
         with self.store.transaction():
             back = [rid for rid, s in held.items() if s.hold == "vanished"]
             if back:                              # in the export again: planned like any other record
@@ -538,8 +559,8 @@ class Engine:
             for name, target in self.targets().items():
                 if target.unit != "record":
                     continue
-                wanted = [(str(rec.record_id), None if str(rec.record_id) in revoked else target.desired(rec))
-                          for rec, _, _ in changed]
+                wanted = [(rid, None if rid in revoked else target.desired(rec))
+                          for rid, (rec, _, _) in zip(changed_ids, changed)]
                 report.targets[name].planned += self.store.set_desired(name, wanted)
 
     def _plan_catalogue(self, report: RunReport) -> None:
@@ -561,6 +582,7 @@ class Engine:
 
     # ------------------------------------------------------------------ 4. deliver
     async def _interruptible_sleep(self, seconds: float) -> None:
+        self.store.flush()           # what the ledger holds back is committed before a wait, not after it
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self.stop.is_set():
@@ -570,17 +592,26 @@ class Engine:
             raise ShutdownRequested("stopping: a shutdown was requested during a wait")
 
     async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
-        """Targets in waves: each wave's targets run concurrently, after the waves they depend on.
+        """Each target starts as soon as the targets it depends on are done; the others run side by side.
 
         Safe on one store: every ledger call runs on this event loop's thread, and no target awaits
-        inside a ledger transaction, so two targets' writes never interleave within a commit.
+        inside a ledger transaction, so two targets' writes never interleave within a block.
         """
         chosen = {name: target for name, target in self.targets().items()
                   if not only_targets or name in only_targets}
-        for wave in _waves(chosen):
-            await asyncio.gather(*(self._deliver_target(name, chosen[name], report) for name in wave))
-            if report.interrupted:
-                return
+        done: dict[str, asyncio.Event] = {name: asyncio.Event() for name in chosen}
+
+        async def deliver(name: str, target: Target) -> None:
+            try:
+                for dependency in target.depends_on:
+                    if dependency in done:
+                        await done[dependency].wait()
+                if not report.interrupted:
+                    await self._deliver_target(name, target, report)
+            finally:
+                done[name].set()
+
+        await asyncio.gather(*(deliver(name, target) for name, target in chosen.items()))
 
     async def _deliver_target(self, name: str, target: Target, report: RunReport) -> None:
         treport = report.targets[name]
@@ -594,6 +625,9 @@ class Engine:
                 if self.stop.is_set():
                     raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
                 await target.deliver(chunk, ledger)
+            finish = getattr(target, "finish", None)     # optional: e.g. read the reports of what was sent
+            if finish is not None:
+                await finish(ledger)
         except ShutdownRequested as exc:
             report.interrupted = exc.message
             log.warning("%s; %s keeps its remaining work queued", exc.message, name,
@@ -665,14 +699,6 @@ class Engine:
         return adapter
 
 
-def _waves(targets: dict[str, Target]) -> list[list[str]]:
-    """Targets grouped so that each group depends only on earlier groups (or on absent targets)."""
-    level: dict[str, int] = {}
-    for name, target in targets.items():       # dependency order: dependencies come first
-        level[name] = 1 + max((level[d] for d in target.depends_on if d in level), default=-1)
-    return [[n for n in targets if level[n] == wave] for wave in range(max(level.values(), default=-1) + 1)]
-
-
 def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]]:
     done: list[str] = []
 
@@ -699,7 +725,12 @@ def _row_hash(raw: RawResult, learner: dict[str, Any] | None, definition: str, b
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _quick_rank(raw: RawResult, mapping: Mapping) -> tuple[date, int] | None:
+def _rank(result_date: date, status: ResultStatus) -> int:
+    """Which of two rows for one record wins: the later result date; on the same date `_STATUS_RANK`."""
+    return result_date.toordinal() * 8 + _STATUS_RANK[status]
+
+
+def _quick_rank(raw: RawResult, mapping: Mapping) -> int | None:
     """The rank of an unchanged row (for duplicate detection) without building its record."""
     if raw.result_date is None:
         return None
@@ -707,7 +738,7 @@ def _quick_rank(raw: RawResult, mapping: Mapping) -> tuple[date, int] | None:
         status, _ = mapping.grading.judge(raw.grade or "", raw.scale, raw.status_hint)
     except ValueError:
         return None
-    return raw.result_date, _STATUS_RANK[status]
+    return _rank(raw.result_date, status)
 
 
 def _directory_learner(row: LearnerRow) -> dict[str, Any] | InputProblem:

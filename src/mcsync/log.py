@@ -31,7 +31,8 @@ _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 # not inside a hex run: about 1 in 200 run ids (uuid4 hex) holds nine digits that pass the elfproef
 _NINE_DIGITS = re.compile(r"(?<![0-9A-Fa-f])\d{9}(?![0-9A-Fa-f])")
-_FIELDS = ("run_id", "source", "target", "record_id", "event", "reason")
+_FIELDS = ("run_id", "source", "target", "record_id", "event", "reason",
+           "phase", "done", "total", "rate", "eta_seconds")   # the last five: progress lines
 
 
 def register_secret(value: str | None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -202,9 +203,10 @@ def describe_errors(exc: ValidationError, data: dict[str, Any]) -> str:
 
 
 def to_record(raw: RawResult, mapping: Mapping, issuer: Issuer,
-              directory: Learner | None, *, today: date | None = None
+              directory: Learner | None, *, today: date | None = None, record_id: uuid.UUID | None = None
               ) -> MicrocredentialRecord | InputProblem | None:
-    """Map one raw row: a record, an input problem, or None (no result yet, or an ignored course)."""
+    """Map one raw row: a record, an input problem, or None (no result yet, or an ignored course).
+    `record_id`: the row's record id if the caller computed it already (saves computing it twice)."""
     loc = raw.location
 
     def problem(reason: str, field: str) -> InputProblem:
@@ -247,4 +249,4 @@ def to_record(raw: RawResult, mapping: Mapping, issuer: Issuer,
         issuer=issuer, learner=learner, microcredential=definition,
         result=Result(status=status, grade_raw=grade_raw, grade_numeric=numeric,
                       assessment_date=raw.result_date),
-        provenance=Provenance(source=loc.source, file=loc.file, line=loc.line))
+        provenance=Provenance(source=loc.source, file=loc.file, line=loc.line), record_id=record_id)

@@ -20,6 +20,7 @@ elements and its five optional ones; `eu_elements()` lists them by number:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -205,13 +206,19 @@ class MicrocredentialDefinition(BaseModel):
         """The unit's own key in RIO: configured, else a uuid5 of BRIN and code (stable)."""
         if self.rio and self.rio.eigen_sleutel:
             return self.rio.eigen_sleutel
-        return str(uuid.uuid5(CATALOGUE_NAMESPACE, f"unit\x1f{brin.upper()}\x1f{self.code}"))
+        return _catalogue_key("unit", brin, self.code)
 
     def rio_offering_code(self, brin: str) -> str:
         """The offering's aangebodenOpleidingCode: configured, else a uuid5 (stable)."""
         if self.rio and self.rio.offering_code:
             return self.rio.offering_code
-        return str(uuid.uuid5(CATALOGUE_NAMESPACE, f"offering\x1f{brin.upper()}\x1f{self.code}"))
+        return _catalogue_key("offering", brin, self.code)
+
+
+@functools.lru_cache(maxsize=4096)
+def _catalogue_key(kind: str, brin: str, code: str) -> str:
+    """uuid5 of (kind, BRIN, code): asked for once per record, computed once per microcredential."""
+    return str(uuid.uuid5(CATALOGUE_NAMESPACE, f"{kind}\x1f{brin.upper()}\x1f{code}"))
 
 
 class Issuer(BaseModel):
@@ -304,9 +311,10 @@ class MicrocredentialRecord(BaseModel):
 
     @classmethod
     def build(cls, *, issuer: Issuer, learner: Learner, microcredential: MicrocredentialDefinition,
-              result: Result, provenance: Provenance) -> MicrocredentialRecord:
+              result: Result, provenance: Provenance, record_id: uuid.UUID | None = None) -> MicrocredentialRecord:
+        """`record_id`, when the caller computed it already, must be `make_record_id` of the same three."""
         return cls(
-            record_id=make_record_id(issuer.brin, learner.student_number, microcredential.code),
+            record_id=record_id or make_record_id(issuer.brin, learner.student_number, microcredential.code),
             issuer=issuer, learner=learner, microcredential=microcredential,
             result=result, provenance=provenance)
 
@@ -343,19 +351,26 @@ class MicrocredentialRecord(BaseModel):
         }
 
     def to_state_json(self) -> str:
-        """Serialise for the state store, personal numbers included (the store is private)."""
-        text = self.model_dump_json()
-        if self.learner.bsn is None and self.learner.onderwijsnummer is None:
-            return text
-        data = json.loads(text)
-        for name in ("bsn", "onderwijsnummer"):
-            secret = getattr(self.learner, name)
-            data["learner"][name] = secret.get_secret_value() if secret else None
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        """Serialise whole for the state store, personal numbers included (the store is private)."""
+        return _reveal(self.model_dump_json(), self.learner, ("learner",))
 
     @classmethod
     def from_state_json(cls, text: str) -> MicrocredentialRecord:
         return cls.model_validate_json(text)
+
+    def to_state_parts(self) -> str:
+        """The record without its definition, for the state store (which keeps each definition once,
+        by `definition_digest`): a tenth of the size, and read back without re-validating the definition."""
+        parts = _StoredParts(issuer=self.issuer, learner=self.learner, result=self.result, provenance=self.provenance)
+        return _reveal(parts.model_dump_json(), self.learner, ("learner",))
+
+    @classmethod
+    def from_state_parts(cls, record_id: str, text: str,
+                         definition: MicrocredentialDefinition) -> MicrocredentialRecord:
+        """The inverse of `to_state_parts`, given the (already validated) definition."""
+        parts = _StoredParts.model_validate_json(text)
+        return cls(record_id=uuid.UUID(record_id), issuer=parts.issuer, learner=parts.learner,
+                   microcredential=definition, result=parts.result, provenance=parts.provenance)
 
     def content_hash(self) -> str:
         """Hash of everything but provenance: the same result read from another file is no change."""
@@ -366,6 +381,31 @@ class MicrocredentialRecord(BaseModel):
         for secret in (self.learner.bsn, self.learner.onderwijsnummer):   # masked in model_dump_json
             digest.update(b"\x1e" + (secret.get_secret_value().encode() if secret else b""))
         return digest.hexdigest()
+
+
+class _StoredParts(BaseModel):
+    """A record as the state store keeps it: everything but the definition (kept once, by digest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Issuer
+    learner: Learner
+    result: Result
+    provenance: Provenance
+
+
+def _reveal(text: str, learner: Learner, path: tuple[str, ...]) -> str:
+    """`text` (a model's JSON, secrets masked) with the learner's personal numbers in clear."""
+    if learner.bsn is None and learner.onderwijsnummer is None:
+        return text
+    data = json.loads(text)
+    node = data
+    for key in path:
+        node = node[key]
+    for name in ("bsn", "onderwijsnummer"):
+        secret = getattr(learner, name)
+        node[name] = secret.get_secret_value() if secret else None
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 _definition_digests: dict[int, tuple[MicrocredentialDefinition, str]] = {}

@@ -366,6 +366,9 @@ class SandboxServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in two writes; with Nagle on, the body waits for the client's
+            # delayed ACK (~40 ms) on every keep-alive request, far more than any latency we simulate
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

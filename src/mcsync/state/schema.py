@@ -8,9 +8,12 @@ Tables:
 - `meta`        schema_version.
 - `runs`        one row per run: when, what kind, exit code, summary.
 - `learners`    the SIS learner directory ([[learners]]), joined to results by student number.
-- `records`     the canonical records (JSON) with their content hash and plan hash.
+- `records`     the canonical records (JSON) with their content hash and plan hash. Since v5 a record's
+                `data` leaves out its definition, kept once in `definitions` under the digest in
+                `records.definition` (rows written before v5 hold the whole record and no digest).
 - `deliveries`  the outbox: one row per (target, key); see mcsync.targets.base for the states.
 - `problems`    input that needs a person (file, line, field, reason); replaced per source per run.
+- `run_seen`    (v5) the records the current run has read so far, with the rank of the row that won.
 - `inputs`      (v2) the fingerprint of each export as last read in full, so an unchanged one is skipped.
   `records.hold` (v2): why a record must not be at the targets whatever its result: "vanished" (no
   longer in its export) or "revoked" (`mcsync revoke`), with `hold_reason` in words.
@@ -56,6 +59,19 @@ MIGRATIONS: list[list[str]] = [
     ],
     [  # 3 -> 4: a row parked with an unknown remote outcome is never settled by its hashes alone
         "ALTER TABLE deliveries ADD COLUMN unsettled INTEGER NOT NULL DEFAULT 0",
+    ],
+    [  # 4 -> 5: each definition is kept once; a record keeps its digest and the rest of its JSON
+        "CREATE TABLE definitions (digest TEXT PRIMARY KEY, code TEXT NOT NULL, data TEXT NOT NULL)",
+        "ALTER TABLE records ADD COLUMN definition TEXT",
+        # nothing looks rows up by correlation id; keeping the index up to date cost every ledger write
+        "DROP INDEX deliveries_by_correlation",
+        # due work in the order it was planned (rowid), not in key order: the rows a delivery takes
+        # together then sit together on disk, so a commit writes a few pages instead of one per row
+        "DROP INDEX deliveries_by_state",
+        "CREATE INDEX deliveries_by_state ON deliveries (target, state)",
+        # the records one run read, with the rank of the row that won (duplicates, vanished records):
+        # on disk, so that memory stays flat whatever the size of the exports
+        "CREATE TABLE run_seen (record_id TEXT PRIMARY KEY, rank INTEGER NOT NULL) WITHOUT ROWID",
     ],
 ]
 

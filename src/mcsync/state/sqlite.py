@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import DeliveryError, Location, UnknownOutcome
-from ..record import MicrocredentialRecord
+from ..record import MicrocredentialDefinition, MicrocredentialRecord, definition_digest
 from ..targets.base import DeliveryState, RemoteRef
 from .schema import migrate
 from .store import DeliveryRow, Failure, Problem, RunInfo, StoredRecord
@@ -43,11 +44,14 @@ def now_utc() -> datetime:
 
 
 def _ts(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime(_TS)
+    """`_TS` (UTC, microseconds, Z), written with isoformat: strftime costs ten times as much."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _parse_ts(text: str | None) -> datetime | None:
-    return None if text is None else datetime.strptime(text, _TS).replace(tzinfo=UTC)
+    return None if text is None else datetime.fromisoformat(text)   # ends in Z: aware, UTC
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -83,28 +87,85 @@ class SqliteStateStore:
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
         self._depth = 0
+        self._open_since: float | None = None    # a transaction is open (since, monotonic)
+        self._must_commit = False                # ... and holds a durable block
+        self._lazy_writes = 0                    # ... and this many non-durable blocks
+        self._deferring = False                  # inside deferred_commits()
         self._lock = threading.RLock()
+        self._definitions: dict[str, MicrocredentialDefinition] = {}   # by digest: stored and parsed
         with self.transaction():
             migrate(self.db)
 
     # transactions -------------------------------------------------------------------------------
+    # A block is `transaction()`. Outside `deferred_commits()` each outermost block is one SQLite
+    # transaction, committed when it ends. Inside it, the blocks that are not `durable` (every ledger
+    # step but begin()) are left in an open transaction that the next durable block commits
+    # with its own writes (group commit), or the end of the scope, or LAZY_MAX_AGE seconds, whichever
+    # comes first. Such a block still rolls back alone on an exception (a savepoint).
+    LAZY_MAX_AGE = 1.0
+    LAZY_MAX_WRITES = 20_000
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """A write transaction; nested calls join the outer one."""
+    def transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """A write transaction; nested calls join the outer one. Non-durable blocks may commit later
+        (see above); a durable one commits before it returns, with whatever waited before it."""
         with self._lock:
+            savepoint = False
             if self._depth == 0:
-                self.conn.execute("BEGIN IMMEDIATE")
+                if self._open_since is None:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    self._open_since = time.monotonic()
+                else:
+                    self.conn.execute("SAVEPOINT block")
+                    savepoint = True
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.conn.execute("ROLLBACK")
+                    if savepoint:
+                        self.conn.execute("ROLLBACK TO block")
+                        self.conn.execute("RELEASE block")
+                    else:
+                        self.conn.execute("ROLLBACK")
+                        self._open_since, self._must_commit, self._lazy_writes = None, False, 0
                 raise
             self._depth -= 1
+            if durable:
+                self._must_commit = True
+            else:
+                self._lazy_writes += 1
             if self._depth == 0:
-                self.conn.execute("COMMIT")
+                if savepoint:
+                    self.conn.execute("RELEASE block")
+                assert self._open_since is not None
+                if (self._must_commit or not self._deferring or self._lazy_writes >= self.LAZY_MAX_WRITES
+                        or time.monotonic() - self._open_since > self.LAZY_MAX_AGE):
+                    self._commit()
+
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+        self._open_since, self._must_commit, self._lazy_writes = None, False, 0
+
+    @contextlib.contextmanager
+    def deferred_commits(self) -> Iterator[None]:
+        """Within this scope, non-durable blocks commit together (see above); all is committed at its end."""
+        with self._lock:
+            outer = not self._deferring
+            self._deferring = True
+            try:
+                yield
+            finally:
+                if outer:
+                    self._deferring = False
+                    self.flush()
+
+    def flush(self) -> None:
+        """Commit what non-durable blocks left open."""
+        with self._lock:
+            if self._depth == 0 and self._open_since is not None:
+                self._commit()
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[None]:
@@ -112,6 +173,7 @@ class SqliteStateStore:
         with self._lock:
             if self._depth:
                 raise RuntimeError("scratch() cannot run inside a transaction")
+            self.flush()
             self.conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
@@ -121,6 +183,7 @@ class SqliteStateStore:
                 self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
+        self.flush()
         self.conn.close()
 
     # runs ----------------------------------------------------------------------------------------
@@ -195,9 +258,36 @@ class SqliteStateStore:
                 found[rid] = StoredRecord(rid, chash, phash, hold)
         return found
 
-    def source_record_ids(self, source: str) -> list[str]:
+    # what this run has read ------------------------------------------------------------------------
+    def clear_seen(self) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM run_seen")
+
+    def seen_ranks(self, record_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(record_ids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(
+                f"SELECT record_id, rank FROM run_seen WHERE record_id IN ({marks})", chunk).fetchall())
+        return found
+
+    def mark_seen(self, ranks: dict[str, int]) -> None:
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO run_seen(record_id, rank) VALUES (?, ?) ON CONFLICT(record_id) DO UPDATE "
+                "SET rank = max(rank, excluded.rank)", ranks.items())
+
+    def unseen_count(self, source: str) -> tuple[int, int]:
+        """(records of this source not read in this run, records of this source), held ones left out."""
+        known, unseen = self.conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM run_seen s WHERE "
+            "s.record_id = r.record_id)) FROM records r WHERE source = ? AND hold IS NULL", (source,)).fetchone()
+        return int(unseen), int(known)
+
+    def unseen_record_ids(self, source: str) -> list[str]:
         return [row[0] for row in self.conn.execute(
-            "SELECT record_id FROM records WHERE source = ? AND hold IS NULL", (source,))]
+            "SELECT record_id FROM records r WHERE source = ? AND hold IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM run_seen s WHERE s.record_id = r.record_id)", (source,))]
 
     def set_hold(self, record_ids: Sequence[str], hold: str | None, reason: str | None = None) -> None:
         stamp = _ts(now_utc())
@@ -218,29 +308,50 @@ class SqliteStateStore:
 
     def put_records(self, rows: Sequence[tuple[MicrocredentialRecord, str, str]], run_id: str) -> None:
         stamp = _ts(now_utc())
-        params = [
-            (str(rec.record_id), rec.provenance.source, rec.learner.student_number, rec.microcredential.code,
-             rec.result.status.value, chash, phash, rec.to_state_json(), rec.provenance.file,
-             rec.provenance.line, run_id, run_id, stamp)
-            for rec, chash, phash in rows]
+        params = []
+        definitions: dict[str, MicrocredentialDefinition] = {}
+        for rec, chash, phash in rows:
+            digest = definition_digest(rec.microcredential)
+            if digest not in self._definitions:
+                definitions[digest] = rec.microcredential
+            params.append((str(rec.record_id), rec.provenance.source, rec.learner.student_number,
+                           rec.microcredential.code, rec.result.status.value, chash, phash, rec.to_state_parts(),
+                           digest, rec.provenance.file, rec.provenance.line, run_id, run_id, stamp))
         with self.transaction():
             self.conn.executemany(
+                "INSERT INTO definitions(digest, code, data) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING",
+                [(digest, d.code, d.model_dump_json()) for digest, d in definitions.items()])
+            self.conn.executemany(
                 "INSERT INTO records(record_id, source, student_number, code, status, content_hash, "
-                "plan_hash, data, file, line, first_run, seen_run, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "plan_hash, data, definition, file, line, first_run, seen_run, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(record_id) DO UPDATE SET source = excluded.source, status = excluded.status, "
                 "content_hash = excluded.content_hash, plan_hash = excluded.plan_hash, data = excluded.data, "
-                "file = excluded.file, line = excluded.line, seen_run = excluded.seen_run, "
-                "updated_at = excluded.updated_at", params)
+                "definition = excluded.definition, file = excluded.file, line = excluded.line, "
+                "seen_run = excluded.seen_run, updated_at = excluded.updated_at", params)
+        self._definitions.update(definitions)   # only once committed (a rollback would leave them unknown)
 
     def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]:
         found: dict[str, MicrocredentialRecord] = {}
         for chunk in _chunks(list(record_ids)):
             marks = ",".join("?" * len(chunk))
-            for rid, data in self.conn.execute(
-                    f"SELECT record_id, data FROM records WHERE record_id IN ({marks})", chunk):
-                found[rid] = MicrocredentialRecord.from_state_json(data)
+            for rid, data, digest in self.conn.execute(
+                    f"SELECT record_id, data, definition FROM records WHERE record_id IN ({marks})", chunk):
+                if digest is None:                      # written before schema v5: the whole record
+                    found[rid] = MicrocredentialRecord.from_state_json(data)
+                else:
+                    found[rid] = MicrocredentialRecord.from_state_parts(rid, data, self._definition(digest))
         return found
+
+    def _definition(self, digest: str) -> MicrocredentialDefinition:
+        """A stored definition, parsed once per store (definitions never change under their digest)."""
+        definition = self._definitions.get(digest)
+        if definition is None:
+            row = self.conn.execute("SELECT data FROM definitions WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                raise LookupError(f"the state file lacks definition {digest} that a record refers to")
+            definition = self._definitions[digest] = MicrocredentialDefinition.model_validate_json(row[0])
+        return definition
 
     def record_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM records").fetchone()[0])
@@ -315,22 +426,25 @@ class SqliteStateStore:
         return found
 
     def work(self, target: str, now: datetime, *, page: int = 1000) -> Iterator[DeliveryRow]:
-        """Due rows in key order: one keyset-paged stream per open state (each an index range on
-        (target, state, key), so a target with nothing due costs nothing), merged by key."""
+        """Due rows in the order they were planned: one keyset-paged stream per open state (each an
+        index range on (target, state, rowid), so a target with nothing due costs nothing), merged.
+        Planned order keeps the rows one delivery takes together next to each other on disk."""
         streams = [self._work_in_state(target, state, now, page) for state in _OPEN]
-        yield from heapq.merge(*streams, key=lambda row: row.key)
+        for _, row in heapq.merge(*streams, key=lambda pair: pair[0]):
+            yield row
 
-    def _work_in_state(self, target: str, state: DeliveryState, now: datetime, page: int) -> Iterator[DeliveryRow]:
-        last = ""
+    def _work_in_state(self, target: str, state: DeliveryState, now: datetime,
+                       page: int) -> Iterator[tuple[int, DeliveryRow]]:
+        last = 0
         while True:
-            rows = [self._row(values) for values in self.conn.execute(
-                f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND state = ? AND key > ? "
-                "AND (not_before IS NULL OR not_before <= ?) ORDER BY key LIMIT ?",
+            rows = [(values[0], self._row(values[1:])) for values in self.conn.execute(
+                f"SELECT rowid, {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND state = ? AND rowid > ? "
+                "AND (not_before IS NULL OR not_before <= ?) ORDER BY rowid LIMIT ?",
                 [target, state.value, last, _ts(now), page]).fetchall()]
             yield from rows
             if len(rows) < page:
                 return
-            last = rows[-1].key
+            last = rows[-1][0]
 
     def count_in_state(self, target: str, state: DeliveryState) -> int:
         return int(self.conn.execute("SELECT count(*) FROM deliveries WHERE target = ? AND state = ?",
@@ -414,17 +528,21 @@ class SqliteLedger:
         self.target = target
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
-        return self.store.transaction()
+        return self.store.transaction(durable=False)
 
-    def _update(self, key: str, assignments: str, params: Sequence[Any]) -> None:
-        with self.store.transaction():
-            self.store.conn.execute(
-                f"UPDATE deliveries SET {assignments}, updated_at = ? WHERE target = ? AND key = ?",
-                [*params, _ts(now_utc()), self.target, key])
+    def _update(self, key: str, assignments: str, params: Sequence[Any], *, durable: bool = False) -> None:
+        sql = f"UPDATE deliveries SET {assignments}, updated_at = ? WHERE target = ? AND key = ?"
+        values = [*params, _ts(now_utc()), self.target, key]
+        store = self.store
+        if store._depth and not durable:      # inside a block already: no block of its own (hot path)
+            store.conn.execute(sql, values)
+            return
+        with store.transaction(durable=durable):
+            store.conn.execute(sql, values)
 
     @staticmethod
     def _remote_params(remote: RemoteRef) -> list[Any]:
-        return [remote.remote_id, remote.correlation_id, json.dumps(remote.data, sort_keys=True)]
+        return [remote.remote_id, remote.correlation_id, json.dumps(remote.data, separators=(",", ":"))]
 
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:

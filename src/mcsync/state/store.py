@@ -117,8 +117,16 @@ class StateStore(Protocol):
     def put_records(self, rows: Sequence[tuple[MicrocredentialRecord, str, str]], run_id: str) -> None:
         """Upsert (record, content_hash, plan_hash) and mark them seen in this run."""
     def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]: ...
-    def source_record_ids(self, source: str) -> list[str]:
-        """The records last read from `source` that are not on hold."""
+    def clear_seen(self) -> None:
+        """Start a run's record of what it read (see `mark_seen`)."""
+    def seen_ranks(self, record_ids: Sequence[str]) -> dict[str, int]:
+        """The rank (`Engine` rank: result date and status) of those of these records this run read."""
+    def mark_seen(self, ranks: dict[str, int]) -> None:
+        """This run read these records; a record keeps the highest rank marked."""
+    def unseen_count(self, source: str) -> tuple[int, int]:
+        """(records of the source this run did not read, records of the source); held ones left out."""
+    def unseen_record_ids(self, source: str) -> list[str]:
+        """The records of the source this run did not read (held ones left out)."""
     def set_hold(self, record_ids: Sequence[str], hold: str | None, reason: str | None = None) -> None:
         """Put records on hold ("vanished", "revoked") or release them (None); a release re-plans them."""
     def holds(self, record_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]: ...
@@ -147,6 +155,13 @@ class StateStore(Protocol):
     # transactions ---------------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Group writes into one commit; nested calls join the outer transaction."""
+    def deferred_commits(self) -> contextlib.AbstractContextManager[None]:
+        """Ledger steps that need not be durable at once (all but begin()) may be committed together
+        with the next durable one; everything is committed when the scope ends."""
+
+    def flush(self) -> None:
+        """Commit what deferred ledger steps left open."""
+
     def scratch(self) -> contextlib.AbstractContextManager[None]:
         """Writes inside are rolled back at the end (dry runs)."""
 

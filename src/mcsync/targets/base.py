@@ -87,7 +87,16 @@ class WorkItem:
 
 
 class Ledger(Protocol):
-    """The state store as one target sees it. Every call commits before it returns."""
+    """The state store as one target sees it.
+
+    `begin()` is durable when it returns: it records that a write may be under way. The other steps
+    may be committed a moment later: with the next `begin()`, before a back-off or poll wait, at the
+    end of the delivery, or with the next step once a second has passed (group commit: one fsync for
+    many rows instead of one per step). A crash can
+    undo them; the item is then `in_flight` again, and the next run settles it by looking on the
+    remote, as after any crash between a write and its answer. Every target already handles that
+    case, so delaying them costs at most a lookup, never a second write.
+    """
 
     target: str
 
@@ -122,7 +131,7 @@ class Ledger(Protocol):
         """Another target's row: (state, delivered_hash, remote), e.g. the RIO code for the DUO target."""
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
-        """Group several ledger calls into one commit (they still commit before the block ends)."""
+        """Group several ledger calls into one all-or-nothing block (durable when it holds a durable call)."""
 
 
 class TargetSettings(BaseModel):
@@ -153,6 +162,8 @@ class Target(Protocol):
     Settings: ClassVar[type[TargetSettings]]
     # optional: `chunk_size: ClassVar[int]`, how many work items one deliver() call should get
     # (default 2000); a target that polls for asynchronous answers wants larger chunks
+    # optional: `async def finish(self, ledger) -> None`, called once after the last deliver() of a
+    # run (not after a failed one): e.g. wait for the answers to everything sent in the run at once
 
     def __init__(self, settings: TargetSettings, context: TargetContext) -> None: ...
 

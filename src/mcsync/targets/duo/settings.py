@@ -33,6 +33,9 @@ class DuoSettings(TargetSettings):
                             description="records per delivery (the register takes at most 1000)")
     max_body_bytes: int = Field(default=9 * 1024 * 1024, ge=64 * 1024, lt=REGISTER_MAX_BYTES,
                                 description="largest delivery body in bytes (the register takes up to 10 MiB)")
+    concurrency: int = Field(default=2, ge=1, le=8,
+                             description="deliveries on their way at the same time (the next body is built "
+                                         "while the register reads the previous one)")
     poll_interval: float = Field(default=5.0, gt=0,
                                  description="seconds between report polls when the register names no Retry-After")
     poll_budget: float = Field(default=120.0, ge=0,

@@ -10,7 +10,8 @@ new leveringId.
 
 Algorithm (one `deliver()` call)
 --------------------------------
-1. Deliveries that the register took earlier (items `submitted`) are polled below.
+1. Deliveries that the register took in an earlier run (items `submitted`) are polled first (step 5):
+   their reports are ready.
 2. Items `in_flight` belong to a delivery whose POST may or may not have arrived (a crash, a
    connection that never answered). Per leveringId: `GET /leveringen/{id}`; 200 → the register has
    it: the items become `submitted` and are polled; 404 → it never arrived: the identical body,
@@ -25,14 +26,16 @@ Algorithm (one `deliver()` call)
    RIO disabled, the unit's own key, which the register answers with R102 (parked as such).
 4. The prepared records go in batches of at most `batch_size` records and `max_body_bytes`, each
    checked against the register's schema (a record that does not fit is parked, not sent). Per
-   batch: a fresh leveringId (uuid4); `ledger.begin()` stores it with the exact body *before* the
+   batch (`concurrency` of them on their way at a time, so the next body is built while the register
+   reads the last): a fresh leveringId (uuid4); `ledger.begin()` stores it with the exact body *before* the
    POST; the POST is retried with the identical bytes on 429/503, 5xx and transport trouble
    (`client.py`; the policy per answer is the table in `errors.py`); 202 →
    `submitted`. 413 and XSD errors split the batch (a lone culprit is parked); 409 is a bug signal
    (logged at ERROR, parked, never re-sent); 401/403 stop the target for the run.
-5. Every open delivery is polled, honouring Retry-After, until `verwerkt` or until `poll_budget`
-   seconds of waiting are spent in this run (the engine calls deliver() per chunk of work; the
-   budget spans them all; what is left is read back on the next run). Per `regel`:
+5. The deliveries posted in this run are polled in `finish()`, which the engine calls after its last
+   chunk (so a run of many chunks waits for reports once, not once per chunk); they are kept until
+   then without their records. Polling honours Retry-After, until `verwerkt` or until `poll_budget`
+   seconds of waiting are spent in this run; what is left is read back on the next run. Per `regel`:
    accepted (R000, R301) → confirmed; R900 → sent again later in a new delivery; R401 on an
    intrekking → done (nothing was held); every other rejection → parked with code and text.
 
@@ -147,6 +150,12 @@ class _Hold:
     park_code: str | None = None       # None: wait; else park with this code
 
 
+def _slim(item: WorkItem) -> WorkItem:
+    """An open item as kept until its report is read: without its record (memory stays flat)."""
+    return WorkItem(key=item.key, state=item.state, desired_hash=item.desired_hash,
+                    delivered_hash=item.delivered_hash, attempts=item.attempts, remote=item.remote, note=item.note)
+
+
 def _pack(body: bytes) -> str:
     return base64.b64encode(zlib.compress(body, 6)).decode("ascii")
 
@@ -193,6 +202,8 @@ class DuoRegisterTarget:
             key_file=settings.key_file, transport=transport, sleep=self._sleep,
             retry=RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max))
         self._waited = 0.0                # seconds this run spent waiting for reports (poll_budget)
+        self._opened: dict[str, list[_Open]] = {}    # deliveries open at the register, polled in finish()
+        self._codes: dict[str, str] = {}              # record id → microcredential code (RIO disabled only)
         self._units: dict[str, Eenheid | str] = {}   # per deliver() call: unit code → reference or reason
 
     # the payload hash -----------------------------------------------------------------------------------
@@ -211,7 +222,8 @@ class DuoRegisterTarget:
             log.info("dry run: %d items would be brought in line with the DUO register", len(items))
             return
         self._units.clear()               # RIO may have confirmed units since the last call
-        opened: dict[str, list[_Open]] = defaultdict(list)
+        opened: dict[str, list[_Open]] = defaultdict(list)      # posted in this run: read in finish()
+        earlier: dict[str, list[_Open]] = defaultdict(list)
         orphans: list[WorkItem] = []
         for state in (DeliveryState.SUBMITTED, DeliveryState.IN_FLIGHT):
             groups: dict[str, list[_Open]] = defaultdict(list)
@@ -224,9 +236,11 @@ class DuoRegisterTarget:
                         groups[sent.levering_id].append((item, sent))
             for levering_id, group in groups.items():
                 if state is DeliveryState.SUBMITTED:
-                    opened[levering_id].extend(group)
+                    earlier[levering_id].extend(group)
                 else:
                     opened.update(await self._recover(levering_id, group, ledger))
+        if earlier:            # posted in an earlier run: their reports are ready, read them now (with records)
+            await self._poll(earlier, ledger)
         if orphans:
             await self._reconcile(orphans, ledger, why="the ledger does not say which delivery holds it")
         entries: list[_Entry] = []
@@ -241,8 +255,30 @@ class DuoRegisterTarget:
         if held:
             log.info("DUO register: %d records waiting (see `mcsync status`), %d parked (see `mcsync failures`)",
                      held["waiting"], held["parked"])
-        for batch in self._batches(entries):
-            opened.update(await self._send(batch, ledger))
+        gate = asyncio.Semaphore(self.settings.concurrency)
+
+        async def send(batch: list[_Entry]) -> None:
+            async with gate:     # the next body is built while earlier ones are on their way
+                opened.update(await self._send(batch, ledger))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for batch in self._batches(entries):
+                    group.create_task(send(batch))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None       # TargetUnavailable, ShutdownRequested: as raised
+        finally:
+            for levering_id, group_items in opened.items():  # polled after the last chunk (finish())
+                # extend: one delivery's items may come in several chunks
+                self._opened.setdefault(levering_id, []).extend((_slim(item), sent) for item, sent in group_items)
+                if not self.rio_enabled:                       # for the R102 text: which unit went by own key
+                    self._codes.update((item.key, item.record.microcredential.code)
+                                       for item, _ in group_items if item.record is not None)
+
+    async def finish(self, ledger: Ledger) -> None:
+        """After the last deliver() of a run: read the reports of every delivery still open, waiting
+        for them (honouring Retry-After) at most `poll_budget` seconds; the rest is read next run."""
+        opened, self._opened = self._opened, {}
         await self._poll(opened, ledger)
 
     # 2. recovery ------------------------------------------------------------------------------------
@@ -491,8 +527,14 @@ class DuoRegisterTarget:
                 answer = await self._register.get(f"/leveringen/{levering_id}")
                 if answer.action is Action.NOT_FOUND:
                     del due[levering_id]
-                    await self._reconcile([item for item, _ in opened[levering_id]], ledger,
-                                          why=f"the register no longer knows delivery {levering_id}")
+                    items = [item for item, _ in opened[levering_id]]
+                    if any(item.record is None and item.desired_hash is not None for item in items):
+                        # kept without their records (finish()): they stay submitted and are compared
+                        # with the register, record by record, when the next run brings them with records
+                        log.warning("the register no longer knows delivery %s; its %d records are checked "
+                                    "one by one on the next run", levering_id, len(items))
+                        continue
+                    await self._reconcile(items, ledger, why=f"the register no longer knows delivery {levering_id}")
                     continue
                 assert answer.response is not None
                 try:
@@ -566,7 +608,7 @@ class DuoRegisterTarget:
         text = "; ".join(f"{s.code} {redact(s.tekst)}" for s in signals)
         first = signals[0].code
         if first == "R102" and not self.rio_enabled:
-            unit = item.record.microcredential.code if item.record else "of this record"
+            unit = item.record.microcredential.code if item.record else self._codes.get(item.key, "of this record")
             return (f"{text}: RIO is disabled in this configuration, so unit {unit} went by its own key and the "
                     "register requires its RIO code; enable [targets.rio] so RIO registers the unit, the record "
                     "then goes by itself")

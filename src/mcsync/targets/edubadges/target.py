@@ -27,9 +27,11 @@ Algorithm of one `deliver(items, ledger)`
 4. Create. Records that cannot be sent (no eppn, an eppn that does not fit the pattern, no e-mail
    address) are parked with what to add where, without a call. The claim count of each badge class is
    read once (`/queries/badge-classes`), then the rest go per badge class in bundles (`max_bundle_size`,
-   bodies under 4 MiB, one award per eppn: records that share an eppn share its outcome), `concurrency`
-   bundles at a time: begin() → POST /directaward/create → note the bundle id and each award's refusal
-   → GET the bundle → confirm each award with its direct award id (or assertion id). "already exists
+   bodies under 4 MiB, one award per eppn: records that share an eppn share its outcome). One begin()
+   commit marks them all in_flight; then `concurrency` bundles at a time: POST /directaward/create →
+   note the bundle id and each award's refusal → GET the bundle → confirm each award with its direct
+   award id (or assertion id). Bundles not posted because Edubadges went down or the run stopped go
+   back to pending (known not sent), so only a bundle that may have arrived is looked up next run. "already exists
    for badgeclass" means the learner already has an unclaimed award of this badge class: it is looked up
    in /queries/direct-awards and adopted, not failed. Field errors of single awards park those awards and
    the rest of the bundle is sent again (nothing was created).
@@ -439,11 +441,19 @@ class Delivery:
         except TargetUnavailable as exc:
             self.stop(exc)
             return
+        bundles = [(badgeclass, bundle) for badgeclass, members in by_badgeclass.items()
+                   for bundle in self.bundles(badgeclass, members)]
+        now = self.clock()
+        attempts = {m.item.key: Attempt("create", now, badgeclass, m.award.eppn, m.award.recipient_email,
+                                        m.item.desired_hash, claims[badgeclass])
+                    for badgeclass, bundle in bundles for m in bundle}
+        with self.ledger.transaction():     # one commit marks every bundle in_flight before the first POST
+            for key, attempt in attempts.items():
+                self.ledger.begin([key], data=attempt.as_data())
         gate = asyncio.Semaphore(self.settings.concurrency)
         async with asyncio.TaskGroup() as group:
-            for badgeclass, members in by_badgeclass.items():
-                for bundle in self.bundles(badgeclass, members):
-                    group.create_task(self.send(badgeclass, bundle, claims[badgeclass], gate))
+            for badgeclass, bundle in bundles:
+                group.create_task(self.send(badgeclass, bundle, attempts, gate))
 
     def bundles(self, badgeclass: str, members: Sequence[Member]) -> Iterator[list[Member]]:
         """Bundles of at most max_bundle_size eppns and BODY_LIMIT bytes; one award per eppn."""
@@ -463,21 +473,35 @@ class Delivery:
         if bundle:
             yield bundle
 
-    async def send(self, badgeclass: str, members: list[Member], claims: int | None,
+    async def send(self, badgeclass: str, members: list[Member], begun: dict[str, Attempt],
                    gate: asyncio.Semaphore) -> None:
-        async with gate:
-            while members and self.down is None:
-                members = await self.post(badgeclass, members, claims)
+        """Post a bundle whose members are in_flight already (`begun`); again while Edubadges names
+        awards to drop from it (then nothing was made, and the rest goes again)."""
+        unsent = members         # known not to be at Edubadges: not posted yet, or posted and refused whole
+        again = False
+        try:
+            async with gate:
+                while unsent and self.down is None:
+                    attempts = {m.item.key: begun[m.item.key] for m in unsent}
+                    if again:
+                        now = self.clock()
+                        attempts = {key: replace(a, at=now) for key, a in attempts.items()}
+                        with self.ledger.transaction():
+                            for key, attempt in attempts.items():
+                                self.ledger.begin([key], data=attempt.as_data())
+                    in_hand, unsent, again = unsent, [], True
+                    unsent = await self.post(badgeclass, in_hand, attempts)
+        finally:
+            if unsent:                # Edubadges went down, or the run stopped, before these went: queued again
+                with self.ledger.transaction():
+                    for member in unsent:
+                        self.ledger.defer(member.item.key, reason="not sent in this run: "
+                                          + (self.down.message if self.down else "the run stopped first"))
 
-    async def post(self, badgeclass: str, members: list[Member], claims: int | None) -> list[Member]:
-        """Send one bundle; returns the members to send again (refused fields of others, nothing made)."""
+    async def post(self, badgeclass: str, members: list[Member], attempts: dict[str, Attempt]) -> list[Member]:
+        """Send one bundle whose members are in_flight with these `attempts`; returns the members to send
+        again (refused fields of others, nothing made)."""
         awards = list({m.award.eppn: m.award for m in members}.values())
-        now = self.clock()
-        attempts = {m.item.key: Attempt("create", now, badgeclass, m.award.eppn, m.award.recipient_email,
-                                        m.item.desired_hash, claims) for m in members}
-        with self.ledger.transaction():
-            for member in members:
-                self.ledger.begin([member.item.key], data=attempts[member.item.key].as_data())
         try:
             created = await self.client.create_bundle(badgeclass, awards)
         except TargetUnavailable as exc:                  # nothing was applied: back in the queue

@@ -31,14 +31,14 @@ class RioSettings(TargetSettings):
         default=600.0, ge=0,
         description="seconds to wait, per run, until RIO shows a write; then the item waits for the next run")
     poll_intervals: list[float] = Field(
-        default=[1.0, 2.0, 5.0, 15.0, 30.0, 60.0], min_length=1,
+        default=[0.5, 1.0, 2.0, 5.0, 15.0, 30.0, 60.0], min_length=1,
         description="pauses between visibility checks; the last one repeats")
     timeout: float = Field(default=60.0, gt=0, description="HTTP timeout per call, seconds")
     call_attempts: int = Field(default=4, ge=1, description="tries per call on SOAP faults and transport errors")
     max_attempts: int = Field(
         default=8, ge=1,
         description="writes of one microcredential that RIO rejects with a non-permanent code, before it is parked")
-    concurrency: int = Field(default=4, ge=1, le=32, description="microcredentials handled at the same time")
+    concurrency: int = Field(default=8, ge=1, le=32, description="microcredentials handled at the same time")
 
     @field_validator("poll_intervals")
     @classmethod
