@@ -98,17 +98,20 @@ class SqliteStateStore:
 
     # transactions -------------------------------------------------------------------------------
     # A block is `transaction()`. Outside `deferred_commits()` each outermost block is one SQLite
-    # transaction, committed when it ends. Inside it, the blocks that are not `durable` (every ledger
-    # step but begin()) are left in an open transaction that the next durable block commits
+    # transaction, committed when it ends. Inside it, the blocks that are not `durable` (all but the
+    # ledger's begin()) are left in an open transaction that the next durable block commits
     # with its own writes (group commit), or the end of the scope, or LAZY_MAX_AGE seconds, whichever
     # comes first. Such a block still rolls back alone on an exception (a savepoint).
-    LAZY_MAX_AGE = 1.0
+    LAZY_MAX_AGE = 2.0
     LAZY_MAX_WRITES = 20_000
 
     @contextlib.contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[None]:
+    def transaction(self, *, durable: bool | None = None) -> Iterator[None]:
         """A write transaction; nested calls join the outer one. Non-durable blocks may commit later
-        (see above); a durable one commits before it returns, with whatever waited before it."""
+        (see above); a durable one commits before it returns, with whatever waited before it.
+        `durable` None: durable outside `deferred_commits()`, not inside it (only `begin()` insists)."""
+        if durable is None:
+            durable = not self._deferring
         with self._lock:
             savepoint = False
             if self._depth == 0:
@@ -547,7 +550,7 @@ class SqliteLedger:
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:
         stamp = _ts(now_utc())
-        with self.store.transaction():
+        with self.store.transaction(durable=True):     # before the remote call, whatever the scope
             for key in keys:
                 assignments = "state = 'in_flight', attempts = attempts + 1, updated_at = ?"
                 params: list[Any] = [stamp]
