@@ -252,9 +252,7 @@ class Engine:
                     self._read_and_plan(report, sources, since, until, full)
                     self._preview(report, only_targets)
             else:
-                # what planning writes is recomputed after a crash: committed in groups, not per batch
-                with self.store.deferred_commits():
-                    self._read_and_plan(report, sources, since, until, full)
+                self._read_and_plan(report, sources, since, until, full)
         except BaseException:
             asyncio.run(self._close_targets())
             raise

@@ -102,7 +102,7 @@ class SqliteStateStore:
     # ledger's begin()) are left in an open transaction that the next durable block commits
     # with its own writes (group commit), or the end of the scope, or LAZY_MAX_AGE seconds, whichever
     # comes first. Such a block still rolls back alone on an exception (a savepoint).
-    LAZY_MAX_AGE = 2.0
+    LAZY_MAX_AGE = 1.0
     LAZY_MAX_WRITES = 20_000
 
     @contextlib.contextmanager

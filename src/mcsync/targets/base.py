@@ -91,7 +91,7 @@ class Ledger(Protocol):
 
     `begin()` is durable when it returns: it records that a write may be under way. The other steps
     may be committed a moment later: with the next `begin()`, before a back-off or poll wait, at the
-    end of the delivery, or with the next step once two seconds have passed (group commit: one fsync for
+    end of the delivery, or with the next step once a second has passed (group commit: one fsync for
     many rows instead of one per step). A crash can
     undo them; the item is then `in_flight` again, and the next run settles it by looking on the
     remote, as after any crash between a write and its answer. Every target already handles that
