@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -26,58 +25,8 @@ from mcsync.adapter import AdapterContext
 from mcsync.config import load_config, plugin_settings
 from mcsync.errors import InputProblem
 
-FIRST_NAMES = ["Sanne", "Mohammed", "Femke", "Zoë", "Søren", "Anaïs", "Daan", "Lotte", "Noah", "Eva"]
-PREFIXES = ["", "", "", "de", "van", "van der", "el"]
-LAST_NAMES = ["Vries", "Amrani", "Bakker", "Berg", "Jørgensen", "Dijk", "Jansen", "Visser", "Smit", "Meijer"]
-
-CONFIG = """
-[institution]
-name = "Benchmark Hogeschool"
-brin = "99ZZ"
-
-[[learners]]
-adapter = "learners-csv"
-path = "learners.csv"
-
-[[sources]]
-name = "osiris"
-adapter = "csv"
-mapping = "mapping.toml"
-[sources.options]
-path = "results.csv"
-delimiter = ";"
-[sources.options.columns]
-student_number = "studentnummer"
-course_code = "cursuscode"
-grade = "resultaat"
-date = "datum_behaald"
-given_name = "voornaam"
-family_name_prefix = "tussenvoegsel"
-family_name = "achternaam"
-email = "email"
-"""
-
-
-def generate(folder: Path, rows: int, microcredentials: int = 10, seed: int = 7) -> None:
-    """results.csv and learners.csv shaped exactly as bench_sync.generate() writes them."""
-    rng = random.Random(seed)
-    codes = [f"MC-BENCH{i:02d}" for i in range(microcredentials)]
-    with open(folder / "results.csv", "w", encoding="utf-8") as results, \
-            open(folder / "learners.csv", "w", encoding="utf-8") as learners:
-        results.write("studentnummer;cursuscode;resultaat;datum_behaald;voornaam;tussenvoegsel;achternaam;email\n")
-        learners.write("student_number,bsn,onderwijsnummer,date_of_birth,given_name,family_name_prefix,"
-                       "family_name,email,eppn\n")
-        for n in range(rows):
-            number = str(3000000 + n)
-            given, prefix, last = rng.choice(FIRST_NAMES), rng.choice(PREFIXES), rng.choice(LAST_NAMES)
-            grade = f"{rng.randint(55, 100) / 10:.1f}".replace(".", ",")
-            email = f"s{number}@student.bench.nl"
-            results.write(f"{number};{codes[n % len(codes)]};{grade};2025-06-{1 + n % 28:02d};"
-                          f"{given};{prefix};{last};{email}\n")
-            learners.write(f"{number},,,{1980 + n % 25}-{1 + n % 12:02d}-{1 + n % 28:02d},{given},{prefix},"
-                           f"{last},{email},\n")
-    (folder / "mapping.toml").write_text("", encoding="utf-8")
-    (folder / "mcsync.toml").write_text(CONFIG, encoding="utf-8")
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_sync import generate  # noqa: E402  (the same two files the sync benchmark reads)
 
 
 def build_adapter(config, name: str, options: dict, source: str):
@@ -114,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mcsync-bench-adapters-") as tmp:
         folder = Path(tmp)
-        generate(folder, args.rows)
+        generate(folder, args.rows, microcredentials=10)
         config = load_config(folder / "mcsync.toml")
         source = config.settings.sources[0]
         learners = config.settings.learners[0]

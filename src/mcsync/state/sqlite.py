@@ -106,12 +106,9 @@ class SqliteStateStore:
     LAZY_MAX_WRITES = 20_000
 
     @contextlib.contextmanager
-    def transaction(self, *, durable: bool | None = None) -> Iterator[None]:
+    def transaction(self, *, durable: bool = True) -> Iterator[None]:
         """A write transaction; nested calls join the outer one. Non-durable blocks may commit later
-        (see above); a durable one commits before it returns, with whatever waited before it.
-        `durable` None: durable outside `deferred_commits()`, not inside it (only `begin()` insists)."""
-        if durable is None:
-            durable = not self._deferring
+        (see above); a durable one commits before it returns, with whatever waited before it."""
         with self._lock:
             savepoint = False
             if self._depth == 0:
@@ -550,7 +547,7 @@ class SqliteLedger:
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:
         stamp = _ts(now_utc())
-        with self.store.transaction(durable=True):     # before the remote call, whatever the scope
+        with self.store.transaction():     # durable: committed before the remote call
             for key in keys:
                 assignments = "state = 'in_flight', attempts = attempts + 1, updated_at = ?"
                 params: list[Any] = [stamp]

@@ -72,7 +72,7 @@ import logging
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
 from uuid import uuid4
@@ -152,8 +152,7 @@ class _Hold:
 
 def _slim(item: WorkItem) -> WorkItem:
     """An open item as kept until its report is read: without its record (memory stays flat)."""
-    return WorkItem(key=item.key, state=item.state, desired_hash=item.desired_hash,
-                    delivered_hash=item.delivered_hash, attempts=item.attempts, remote=item.remote, note=item.note)
+    return replace(item, record=None)
 
 
 def _pack(body: bytes) -> str:

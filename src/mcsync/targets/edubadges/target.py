@@ -489,8 +489,8 @@ class Delivery:
                         with self.ledger.transaction():
                             for key, attempt in attempts.items():
                                 self.ledger.begin([key], data=attempt.as_data())
-                    in_hand, unsent, again = unsent, [], True
-                    unsent = await self.post(badgeclass, in_hand, attempts)
+                    members, unsent, again = unsent, [], True    # in hand: not known to be unsent
+                    unsent = await self.post(badgeclass, members, attempts)
         finally:
             if unsent:                # Edubadges went down, or the run stopped, before these went: queued again
                 with self.ledger.transaction():
