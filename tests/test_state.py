@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -133,6 +136,88 @@ def test_ledger_transaction_groups_and_rolls_back(store):
     assert states(store)["a"] is DeliveryState.PENDING
 
 
+def _committed(path, target="duo"):
+    """What another process would see: the committed rows, read through a second connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT key, state FROM deliveries WHERE target = ?", (target,)).fetchall())
+    finally:
+        conn.close()
+
+
+def test_deferred_ledger_steps_are_read_back_at_once_and_committed_with_the_next_begin(tmp_path):
+    path = tmp_path / "s.db"
+    s = SqliteStateStore(path)
+    s.set_desired("duo", [("a", "h"), ("b", "h"), ("c", "h")])
+    ledger = s.ledger("duo")
+    with s.deferred_commits():
+        ledger.begin(["a"])
+        ledger.confirm("a", delivered_hash="h", remote=RemoteRef(remote_id="r-a"))
+        ledger.defer("b", reason="later")
+        # this process reads its own steps at once (work, rows, counts), committed or not
+        assert states(s, "duo")["a"] is DeliveryState.SYNCED
+        assert [r.key for r in s.work("duo", NOW)] == ["b", "c"]
+        assert s.counts()["duo"] == {"delivered": 1, "pending": 2}
+        ledger.confirm("b", delivered_hash="h", remote=RemoteRef())
+        assert _committed(path)["b"] == "pending"          # not committed yet: a crash would undo it
+        ledger.begin(["c"], data={"attempt": 1})
+        # begin() is durable when it returns, and everything before it is committed with it, in order
+        assert _committed(path) == {"a": "synced", "b": "synced", "c": "in_flight"}
+        ledger.note("c", note="looked up")
+    assert s.rows("duo", ["c"])["c"].note == "looked up"
+    assert _committed(path)["c"] == "in_flight"
+    s.close()
+    s = SqliteStateStore(path)
+    assert s.rows("duo", ["c"])["c"].note == "looked up"   # the end of the scope committed the rest
+    assert s.rows("duo", ["c"])["c"].remote.data == {"attempt": 1}
+    s.close()
+
+
+def test_a_crash_inside_deferred_commits_undoes_only_steps_after_the_last_begin(tmp_path):
+    path = tmp_path / "s.db"
+    s = SqliteStateStore(path)
+    s.set_desired("duo", [("a", "h"), ("b", "h")])
+    s.close()
+    child = textwrap.dedent(f"""
+        import os
+        from mcsync.state import SqliteStateStore
+        from mcsync.targets.base import RemoteRef
+        s = SqliteStateStore({str(path)!r})
+        ledger = s.ledger("duo")
+        with s.deferred_commits():
+            ledger.begin(["a", "b"])
+            ledger.confirm("a", delivered_hash="h", remote=RemoteRef())
+            os._exit(3)                                   # the process dies here
+    """)
+    assert subprocess.run([sys.executable, "-c", child], timeout=60).returncode == 3
+    s = SqliteStateStore(path)
+    rows = s.rows("duo", ["a", "b"])
+    assert {r.state for r in rows.values()} == {DeliveryState.IN_FLIGHT}   # looked up next run, not resent
+    assert rows["a"].attempts == 1
+    s.close()
+
+
+@pytest.mark.parametrize("read_inside", [False, True])
+def test_a_deferred_ledger_block_that_fails_leaves_nothing_of_itself(store, read_inside):
+    store.set_desired("duo", [("a", "h"), ("b", "h")])
+    ledger = store.ledger("duo")
+    with store.deferred_commits():
+        ledger.defer("a", reason="kept: before the block")
+        with pytest.raises(RuntimeError):
+            with ledger.transaction():
+                ledger.begin(["b"])
+                ledger.confirm("b", delivered_hash="h", remote=RemoteRef())
+                if read_inside:                           # a read writes the buffer under a savepoint
+                    assert states(store, "duo")["b"] is DeliveryState.SYNCED
+                raise RuntimeError("boom")
+        rows = store.rows("duo", ["a", "b"])
+        assert rows["b"].state is DeliveryState.PENDING and rows["b"].attempts == 0
+        assert rows["a"].note == "kept: before the block"
+        with ledger.transaction():
+            ledger.confirm("b", delivered_hash="h", remote=RemoteRef())
+    assert states(store, "duo")["b"] is DeliveryState.SYNCED
+
+
 def test_scratch_leaves_no_trace(store, issuer):
     record = make_record(issuer)
     with store.scratch():
@@ -156,6 +241,30 @@ def test_records_round_trip_and_work_pages(store, issuer):
     back = store.records(keys[:3])
     assert set(back) == set(keys[:3]) and all(r.learner.email for r in back.values())
     assert store.stored([keys[0]])[keys[0]].plan_hash == "p"
+
+
+def test_work_streams_while_delivering_and_yields_each_row_once(store, issuer):
+    records = [make_record(issuer, str(2000000 + i)) for i in range(2500)]
+    store.put_records([(r, "c", "p") for r in records], "run1")
+    store.set_desired("duo", [(str(r.record_id), "h") for r in records])
+    assert store.count_due("duo", NOW) == 2500
+    ledger = store.ledger("duo")
+    for record in records[::10]:                       # submitted in an earlier run: polled now
+        ledger.begin([str(record.record_id)])
+        ledger.submitted(str(record.record_id), remote=RemoteRef(correlation_id="L0"))
+    seen: list[str] = []
+    with store.deferred_commits():
+        for row in store.work("duo", NOW, page=100):
+            seen.append(row.key)
+            # delivered as we go, the way a target moves its chunk on: pages read later must not
+            # hand back a row that moved from pending to submitted (or in_flight) meanwhile
+            if row.state is DeliveryState.PENDING:
+                ledger.begin([row.key])
+                ledger.submitted(row.key, remote=RemoteRef(correlation_id="L"))
+    assert seen == [str(r.record_id) for r in records]
+    assert store.count_due("duo", NOW) == 2500          # all still open: in_flight or submitted
+    ledger.defer(seen[0], reason="later", retry_after=3600)
+    assert store.count_due("duo", NOW) == 2499 and seen[0] not in {r.key for r in store.work("duo", NOW)}
 
 
 def test_problems_are_replaced_per_source(store):

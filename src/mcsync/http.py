@@ -102,6 +102,34 @@ def ssl_context(*, ca_file: Path | None = None, cert_file: Path | None = None,
     return context
 
 
+_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def _file_stamp(path: Path | None) -> tuple[str, int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return (str(path), -1, -1)           # ssl_context() reports the missing file
+    return (str(path), info.st_mtime_ns, info.st_size)
+
+
+def shared_ssl_context(*, ca_file: Path | None = None, cert_file: Path | None = None,
+                       key_file: Path | None = None) -> ssl.SSLContext:
+    """`ssl_context`, made once per set of files and reused by every client: loading the system
+    trust store costs tens of milliseconds, and a target makes a client per delivery. A file that
+    changes (a renewed certificate) gives a new context."""
+    key = (_file_stamp(ca_file), _file_stamp(cert_file), _file_stamp(key_file))
+    context = _contexts.get(key)
+    if context is None:
+        context = ssl_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        if len(_contexts) > 32:
+            _contexts.clear()
+        _contexts[key] = context
+    return context
+
+
 def make_client(base_url: str, *, timeout: float = 30.0, ca_file: Path | None = None,
                 cert_file: Path | None = None, key_file: Path | None = None,
                 transport: httpx.AsyncBaseTransport | None = None,
@@ -110,7 +138,7 @@ def make_client(base_url: str, *, timeout: float = 30.0, ca_file: Path | None = 
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        verify=ssl_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file),
+        verify=shared_ssl_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file),
         headers={"User-Agent": USER_AGENT, **(headers or {})},
         transport=transport,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -203,7 +203,7 @@ def describe_errors(exc: ValidationError, data: dict[str, Any]) -> str:
 
 
 def to_record(raw: RawResult, mapping: Mapping, issuer: Issuer,
-              directory: Learner | None, *, today: date | None = None, record_id: uuid.UUID | None = None
+              directory: Learner | dict[str, Any] | None, *, today: date | None = None, record_id: uuid.UUID | None = None
               ) -> MicrocredentialRecord | InputProblem | None:
     """Map one raw row: a record, an input problem, or None (no result yet, or an ignored course).
     `record_id`: the row's record id if the caller computed it already (saves computing it twice)."""

@@ -265,16 +265,18 @@ class Learner(BaseModel):
     def full_name(self) -> str:
         return " ".join(p for p in (self.given_name, self.family_name_prefix, self.family_name) if p)
 
-    def merged_with(self, directory: Learner | None) -> Learner:
+    def merged_with(self, directory: Learner | dict[str, Any] | None) -> Learner:
         """This learner completed from the SIS directory, which is authoritative for personal data.
 
         The directory's values win (the LMS may hold a nickname or a private e-mail address); the
-        export fills only what the directory lacks.
+        export fills only what the directory lacks. `directory` may also be a directory entry as the
+        state store keeps it (a Learner's JSON form, personal numbers in clear): validated once, merged.
         """
         if directory is None:
             return self
         mine = self.model_dump(exclude_none=True)
-        theirs = directory.model_dump(exclude_none=True)
+        theirs = (directory.model_dump(exclude_none=True) if isinstance(directory, Learner)
+                  else {key: value for key, value in directory.items() if value is not None})
         return Learner.model_validate({**mine, **theirs})
 
 
@@ -369,8 +371,10 @@ class MicrocredentialRecord(BaseModel):
                          definition: MicrocredentialDefinition) -> MicrocredentialRecord:
         """The inverse of `to_state_parts`, given the (already validated) definition."""
         parts = _StoredParts.model_validate_json(text)
-        return cls(record_id=uuid.UUID(record_id), issuer=parts.issuer, learner=parts.learner,
-                   microcredential=definition, result=parts.result, provenance=parts.provenance)
+        # every part is a validated model already: assembling them needs no second validation pass
+        # (which would also run the definition's validators again, once per record read)
+        return cls.model_construct(record_id=uuid.UUID(record_id), issuer=parts.issuer, learner=parts.learner,
+                                   microcredential=definition, result=parts.result, provenance=parts.provenance)
 
     def content_hash(self) -> str:
         """Hash of everything but provenance: the same result read from another file is no change."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -91,27 +93,53 @@ class SqliteStateStore:
         self._must_commit = False                # ... and holds a durable block
         self._lazy_writes = 0                    # ... and this many non-durable blocks
         self._deferring = False                  # inside deferred_commits()
+        self._all_lazy = False                   # ... with every block non-durable by default
+        self._max_age = self.LAZY_MAX_AGE        # ... committing at least this often (seconds)
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []   # buffered ledger steps, in order
+        self._pending_since = 0.0                # ... the oldest one's (monotonic)
+        self._pending_durable = False            # ... one of them is a begin()
+        self._ledger_depth = 0                   # inside ledger_block()
+        self._block_mark: int | None = None      # ... whose steps start here in _pending
+        self._block_savepoint = False            # ... and were partly written under a savepoint
+        self._stamp_at, self._stamp_text = 0.0, ""
         self._lock = threading.RLock()
         self._definitions: dict[str, MicrocredentialDefinition] = {}   # by digest: stored and parsed
         with self.transaction():
             migrate(self.db)
 
     # transactions -------------------------------------------------------------------------------
-    # A block is `transaction()`. Outside `deferred_commits()` each outermost block is one SQLite
-    # transaction, committed when it ends. Inside it, the blocks that are not `durable` (all but the
-    # ledger's begin()) are left in an open transaction that the next durable block commits
-    # with its own writes (group commit), or the end of the scope, or LAZY_MAX_AGE seconds, whichever
-    # comes first. Such a block still rolls back alone on an exception (a savepoint).
+    # A block is `transaction()`; outside `deferred_commits()` each outermost block is one SQLite
+    # transaction, committed when it ends. Inside that scope two things commit less often:
+    #
+    # - Ledger steps (`SqliteLedger`) are buffered in memory, in order, and written with one
+    #   `executemany` per run of equal statements (`_apply_pending`): before anything reads the
+    #   deliveries table, before any other block, and at a commit. They are committed with the next
+    #   `begin()` (durable: committed before it returns, or before its ledger block ends), before a
+    #   wait (`flush()`), at the end of the scope, or once the oldest is LAZY_MAX_AGE seconds old or
+    #   LAZY_MAX_WRITES are waiting. A ledger block (`ledger_block()`) that raises drops its own steps
+    #   (or rolls back to its savepoint when a read had them written meanwhile).
+    # - Blocks that are not `durable` are left in an open SQLite transaction that the next durable
+    #   block commits with its own writes (group commit), or the end of the scope, or LAZY_MAX_AGE
+    #   seconds, whichever comes first. Such a block still rolls back alone on an exception (a savepoint).
+    #
+    # `deferred_commits(all_blocks=True)` (planning) makes every block non-durable unless it says
+    # otherwise, and commits every PLAN_MAX_AGE seconds: what planning writes is recomputed from the
+    # exports after a crash (their fingerprints are committed after it), so a crash loses nothing.
     LAZY_MAX_AGE = 1.0
+    PLAN_MAX_AGE = 5.0
     LAZY_MAX_WRITES = 20_000
 
     @contextlib.contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[None]:
+    def transaction(self, *, durable: bool | None = None) -> Iterator[None]:
         """A write transaction; nested calls join the outer one. Non-durable blocks may commit later
-        (see above); a durable one commits before it returns, with whatever waited before it."""
+        (see above); a durable one commits before it returns, with whatever waited before it.
+        `durable=None`: durable unless inside `deferred_commits(all_blocks=True)`."""
+        if durable is None:
+            durable = not self._all_lazy
         with self._lock:
             savepoint = False
             if self._depth == 0:
+                self._apply_pending()           # buffered ledger steps come first, in their order
                 if self._open_since is None:
                     self.conn.execute("BEGIN IMMEDIATE")
                     self._open_since = time.monotonic()
@@ -139,33 +167,141 @@ class SqliteStateStore:
             if self._depth == 0:
                 if savepoint:
                     self.conn.execute("RELEASE block")
-                assert self._open_since is not None
-                if (self._must_commit or not self._deferring or self._lazy_writes >= self.LAZY_MAX_WRITES
-                        or time.monotonic() - self._open_since > self.LAZY_MAX_AGE):
+                if self._ledger_depth == 0 and (
+                        self._must_commit or not self._deferring or self._lazy_writes >= self.LAZY_MAX_WRITES
+                        or self._age() > self._max_age):
                     self._commit()
+
+    def _age(self) -> float:
+        assert self._open_since is not None
+        return time.monotonic() - self._open_since
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")
         self._open_since, self._must_commit, self._lazy_writes = None, False, 0
 
     @contextlib.contextmanager
-    def deferred_commits(self) -> Iterator[None]:
-        """Within this scope, non-durable blocks commit together (see above); all is committed at its end."""
+    def deferred_commits(self, *, all_blocks: bool = False) -> Iterator[None]:
+        """Within this scope ledger steps are buffered and non-durable blocks commit together (see
+        above); all is committed at its end. `all_blocks`: every block counts as non-durable."""
         with self._lock:
             outer = not self._deferring
-            self._deferring = True
+            if outer:
+                self._deferring, self._all_lazy = True, all_blocks
+                self._max_age = self.PLAN_MAX_AGE if all_blocks else self.LAZY_MAX_AGE
             try:
                 yield
             finally:
                 if outer:
-                    self._deferring = False
+                    self._deferring, self._all_lazy, self._max_age = False, False, self.LAZY_MAX_AGE
                     self.flush()
 
     def flush(self) -> None:
-        """Commit what non-durable blocks left open."""
+        """Write and commit what buffered ledger steps and non-durable blocks left open."""
         with self._lock:
+            if self._depth == 0 and self._ledger_depth == 0:
+                self._apply_pending()
+                if self._open_since is not None:
+                    self._commit()
+
+    # the ledger's buffer --------------------------------------------------------------------------
+    def _ledger_write(self, sql: str, values: tuple[Any, ...], *, durable: bool = False) -> None:
+        """One ledger step: buffered inside `deferred_commits()`, else written (and committed) now."""
+        if not self._deferring or self._depth:     # outside the scope, or inside a block: join it now
+            with self.transaction(durable=durable):
+                self.conn.execute(sql, values)
+            return
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((sql, values))
+        if durable:
+            self._pending_durable = True
+        if self._ledger_depth == 0:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Outside ledger blocks: commit the buffer now if it holds a begin(), or is old or large."""
+        due = self._must_commit          # a durable block ended inside a ledger block
+        if self._pending:
+            due = due or (self._pending_durable or len(self._pending) >= self.LAZY_MAX_WRITES
+                          or time.monotonic() - self._pending_since > self._max_age)
+        if due:
+            self._apply_pending()
             if self._depth == 0 and self._open_since is not None:
                 self._commit()
+
+    def _apply_pending(self) -> None:
+        """Write the buffered ledger steps into the open transaction (opening one if needed)."""
+        if not self._pending:
+            return
+        if self._open_since is None and self._depth == 0:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._open_since = time.monotonic()
+        pending, self._pending = self._pending, []
+        mark = self._block_mark
+        if mark is not None and not self._block_savepoint:   # a ledger block is open: it may still fail
+            self._run(pending[:mark])
+            self.conn.execute("SAVEPOINT ledger_block")
+            self._block_savepoint = True
+            self._run(pending[mark:])
+        else:
+            self._run(pending)
+        if mark is not None:
+            self._block_mark = 0
+        if self._pending_durable:
+            self._must_commit, self._pending_durable = True, False
+        self._lazy_writes += 1
+
+    def _run(self, steps: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        for sql, group in itertools.groupby(steps, key=operator.itemgetter(0)):
+            self.conn.executemany(sql, [values for _, values in group])
+
+    @contextlib.contextmanager
+    def ledger_block(self) -> Iterator[None]:
+        """`Ledger.transaction()`: the steps inside are kept or dropped together."""
+        with self._lock:
+            if not self._deferring or self._depth:
+                with self.transaction(durable=False):
+                    yield
+                return
+            outer = self._ledger_depth == 0
+            if outer:
+                self._block_mark, self._block_savepoint = len(self._pending), False
+                durable_before = self._pending_durable
+            self._ledger_depth += 1
+            try:
+                yield
+            except BaseException:
+                self._ledger_depth -= 1
+                if outer:
+                    assert self._block_mark is not None
+                    del self._pending[self._block_mark:]
+                    self._pending_durable = durable_before
+                    if self._block_savepoint:
+                        self.conn.execute("ROLLBACK TO ledger_block")
+                        self.conn.execute("RELEASE ledger_block")
+                    self._block_mark, self._block_savepoint = None, False
+                raise
+            self._ledger_depth -= 1
+            if outer:
+                if self._block_savepoint:
+                    self.conn.execute("RELEASE ledger_block")
+                self._block_mark, self._block_savepoint = None, False
+                self._settle()
+
+    def _written(self) -> None:
+        """Before reading deliveries: the buffered ledger steps are written (not yet committed)."""
+        if self._pending:
+            with self._lock:
+                self._apply_pending()
+
+    def stamp(self) -> str:
+        """The time now as stored (`_TS`), formatted at most once per millisecond."""
+        now = time.time()
+        if now - self._stamp_at >= 0.001:
+            self._stamp_at = now
+            self._stamp_text = _ts(datetime.fromtimestamp(now, UTC))
+        return self._stamp_text
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[None]:
@@ -413,6 +549,7 @@ class SqliteStateStore:
             since=since, updated_at=updated, unsettled=bool(values[14]))
 
     def _rows(self, target: str, keys: Sequence[str]) -> list[DeliveryRow]:
+        self._written()
         marks = ",".join("?" * len(keys))
         cursor = self.conn.execute(
             f"SELECT {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND key IN ({marks})",
@@ -428,29 +565,54 @@ class SqliteStateStore:
     def work(self, target: str, now: datetime, *, page: int = 1000) -> Iterator[DeliveryRow]:
         """Due rows in the order they were planned: one keyset-paged stream per open state (each an
         index range on (target, state, rowid), so a target with nothing due costs nothing), merged.
-        Planned order keeps the rows one delivery takes together next to each other on disk."""
-        streams = [self._work_in_state(target, state, now, page) for state in _OPEN]
-        for _, row in heapq.merge(*streams, key=lambda pair: pair[0]):
-            yield row
+        Planned order keeps the rows one delivery takes together next to each other on disk.
+
+        Rows are read a page at a time, so the caller may deliver (change states) while it iterates:
+        every page starts after the last row yielded (`cursor`), so a row that was yielded once and
+        then moved to another open state (pending → submitted) is not yielded again in this pass."""
+        cursor = [0]
+
+        def yielded() -> Iterator[DeliveryRow]:
+            for rowid, row in heapq.merge(*(self._work_in_state(target, state, now, page, cursor)
+                                            for state in _OPEN), key=lambda pair: pair[0]):
+                if rowid > cursor[0]:
+                    cursor[0] = rowid
+                    yield row
+
+        return yielded()
 
     def _work_in_state(self, target: str, state: DeliveryState, now: datetime,
-                       page: int) -> Iterator[tuple[int, DeliveryRow]]:
+                       page: int, cursor: list[int]) -> Iterator[tuple[int, DeliveryRow]]:
+        self._written()
         last = 0
+        stamp = _ts(now)
         while True:
             rows = [(values[0], self._row(values[1:])) for values in self.conn.execute(
                 f"SELECT rowid, {self._ROW_COLUMNS} FROM deliveries WHERE target = ? AND state = ? AND rowid > ? "
                 "AND (not_before IS NULL OR not_before <= ?) ORDER BY rowid LIMIT ?",
-                [target, state.value, last, _ts(now), page]).fetchall()]
+                [target, state.value, max(last, cursor[0]), stamp, page]).fetchall()]
             yield from rows
             if len(rows) < page:
                 return
             last = rows[-1][0]
+            self._written()
+
+    def count_due(self, target: str, now: datetime) -> int:
+        """How many rows `work()` would yield now."""
+        self._written()
+        marks = ",".join("?" * len(_OPEN))
+        return int(self.conn.execute(
+            f"SELECT count(*) FROM deliveries WHERE target = ? AND state IN ({marks}) "
+            "AND (not_before IS NULL OR not_before <= ?)",
+            [target, *(state.value for state in _OPEN), _ts(now)]).fetchone()[0])
 
     def count_in_state(self, target: str, state: DeliveryState) -> int:
+        self._written()
         return int(self.conn.execute("SELECT count(*) FROM deliveries WHERE target = ? AND state = ?",
                                      (target, state.value)).fetchone()[0])
 
     def counts(self) -> dict[str, dict[str, int]]:
+        self._written()
         result: dict[str, dict[str, int]] = {}
         for target, state, has_delivered, n in self.conn.execute(
                 "SELECT target, state, delivered_hash IS NOT NULL, count(*) FROM deliveries "
@@ -493,6 +655,7 @@ class SqliteStateStore:
             self.conn.execute("DELETE FROM problems WHERE source = ? AND seen_run != ?", (source, run_id))
 
     def failures(self, target: str | None = None) -> list[Failure]:
+        self._written()
         found: list[Failure] = []
         sql = ("SELECT target, key, note, error_code, attempts, since FROM deliveries WHERE state = 'failed'")
         params: list[Any] = []
@@ -521,45 +684,39 @@ def _fingerprint(problem: Problem) -> str:
 
 
 class SqliteLedger:
-    """The `Ledger` of one target over a `SqliteStateStore`."""
+    """The `Ledger` of one target over a `SqliteStateStore` (its steps go through the store's buffer)."""
 
     def __init__(self, store: SqliteStateStore, target: str) -> None:
         self.store = store
         self.target = target
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
-        return self.store.transaction(durable=False)
+        return self.store.ledger_block()
 
-    def _update(self, key: str, assignments: str, params: Sequence[Any], *, durable: bool = False) -> None:
-        sql = f"UPDATE deliveries SET {assignments}, updated_at = ? WHERE target = ? AND key = ?"
-        values = [*params, _ts(now_utc()), self.target, key]
-        store = self.store
-        if store._depth and not durable:      # inside a block already: no block of its own (hot path)
-            store.conn.execute(sql, values)
-            return
-        with store.transaction(durable=durable):
-            store.conn.execute(sql, values)
+    def _update(self, key: str, assignments: str, params: Sequence[Any]) -> None:
+        self.store._ledger_write(f"UPDATE deliveries SET {assignments}, updated_at = ? WHERE target = ? AND key = ?",
+                                 (*params, self.store.stamp(), self.target, key))
 
     @staticmethod
     def _remote_params(remote: RemoteRef) -> list[Any]:
-        return [remote.remote_id, remote.correlation_id, json.dumps(remote.data, separators=(",", ":"))]
+        return [remote.remote_id, remote.correlation_id,
+                json.dumps(remote.data, separators=(",", ":")) if remote.data else "{}"]
 
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:
-        stamp = _ts(now_utc())
-        with self.store.transaction():     # durable: committed before the remote call
+        stamp = self.store.stamp()
+        assignments = "state = 'in_flight', attempts = attempts + 1, updated_at = ?"
+        params: list[Any] = [stamp]
+        if correlation_id is not None:
+            assignments += ", correlation_id = ?"
+            params.append(correlation_id)
+        if data is not None:
+            assignments += ", remote_data = json_patch(coalesce(remote_data, '{}'), ?)"
+            params.append(json.dumps(data))
+        sql = f"UPDATE deliveries SET {assignments} WHERE target = ? AND key = ?"
+        with self.store.ledger_block():       # durable: committed before the remote call
             for key in keys:
-                assignments = "state = 'in_flight', attempts = attempts + 1, updated_at = ?"
-                params: list[Any] = [stamp]
-                if correlation_id is not None:
-                    assignments += ", correlation_id = ?"
-                    params.append(correlation_id)
-                if data is not None:
-                    assignments += ", remote_data = json_patch(coalesce(remote_data, '{}'), ?)"
-                    params.append(json.dumps(data))
-                self.store.conn.execute(
-                    f"UPDATE deliveries SET {assignments} WHERE target = ? AND key = ?",
-                    [*params, self.target, key])
+                self.store._ledger_write(sql, (*params, self.target, key), durable=True)
 
     def submitted(self, key: str, *, remote: RemoteRef, note: str | None = None) -> None:
         self._update(key, "state = 'submitted', remote_id = ?, correlation_id = ?, remote_data = ?, note = ?",
@@ -584,7 +741,7 @@ class SqliteLedger:
 
     def park(self, key: str, *, error: DeliveryError, remote: RemoteRef | None = None) -> None:
         assignments = "state = 'failed', note = ?, error_code = ?, since = ?, unsettled = ?"
-        params: list[Any] = [str(error), error.code, _ts(now_utc()),   # the message and what to do
+        params: list[Any] = [str(error), error.code, self.store.stamp(),   # the message and what to do
                              int(isinstance(error, UnknownOutcome))]
         if remote is not None:
             assignments += ", remote_id = ?, correlation_id = ?, remote_data = ?"

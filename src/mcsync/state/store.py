@@ -136,7 +136,10 @@ class StateStore(Protocol):
     def set_desired(self, target: str, wanted: Sequence[tuple[str, str | None]]) -> int:
         """Set desired_hash per key; creates rows as needed, re-queues changed ones. Returns changes."""
     def work(self, target: str, now: datetime) -> Iterator[DeliveryRow]:
-        """Rows that need the target: pending, in_flight or submitted, due by `now`."""
+        """Rows that need the target: pending, in_flight or submitted, due by `now`, in planned order.
+        Read lazily: the caller may deliver while iterating; a row is yielded at most once."""
+    def count_due(self, target: str, now: datetime) -> int:
+        """How many rows `work()` would yield now."""
     def rows(self, target: str, keys: Sequence[str]) -> dict[str, DeliveryRow]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def count_in_state(self, target: str, state: DeliveryState) -> int: ...
@@ -155,9 +158,10 @@ class StateStore(Protocol):
     # transactions ---------------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Group writes into one commit; nested calls join the outer transaction."""
-    def deferred_commits(self) -> contextlib.AbstractContextManager[None]:
+    def deferred_commits(self, *, all_blocks: bool = False) -> contextlib.AbstractContextManager[None]:
         """Ledger steps that need not be durable at once (all but begin()) may be committed together
-        with the next durable one; everything is committed when the scope ends."""
+        with the next durable one; everything is committed when the scope ends. `all_blocks`: every
+        write may be committed a few seconds later (planning, which a crash makes redo, not lose)."""
 
     def flush(self) -> None:
         """Commit what deferred ledger steps left open."""

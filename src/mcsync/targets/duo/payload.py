@@ -96,9 +96,11 @@ Entry = Resultaat | Intrekking
 
 def _text(value: str | None, *, what: str, student: str, limit: int) -> str | None:
     """A name part cleaned for the register, or Unsendable if the schema cannot hold it."""
-    if value is None or not value.strip():
+    if value is None:
         return None
     text = " ".join(value.split())
+    if not text:              # only white space (split() and strip() agree on what that is)
+        return None
     if _CONTROL.search(text):
         raise Unsendable(f"the {what} of student {student} contains a control character; correct it in "
                          "the source or the learners directory", code="invalid-data")
@@ -112,11 +114,9 @@ def deelnemer(learner: Learner) -> Deelnemer:
     """The learner as the register identifies them: BSN, else onderwijsnummer, else student number
     with date of birth."""
     student = learner.student_number
-    names = dict(
-        voornamen=_text(learner.given_name, what="given name", student=student, limit=200),
-        voorvoegsel=_text(learner.family_name_prefix, what="family name prefix", student=student, limit=40),
-        achternaam=_text(learner.family_name, what="family name", student=student, limit=200))
-    achternaam = names.pop("achternaam")
+    voornamen = _text(learner.given_name, what="given name", student=student, limit=200)
+    voorvoegsel = _text(learner.family_name_prefix, what="family name prefix", student=student, limit=40)
+    achternaam = _text(learner.family_name, what="family name", student=student, limit=200)
     if achternaam is None:
         raise Unsendable(f"no family name for student {student}: the register requires one; add "
                          "family_name to the learners directory ([[learners]]), the record then goes by itself",
@@ -129,19 +129,19 @@ def deelnemer(learner: Learner) -> Deelnemer:
         if not bsn_rules.passes_elfproef(number):
             raise Unsendable(f"the BSN of student {student} fails the elfproef; correct it in the learners "
                              "directory, the record then goes by itself", code="bsn-elfproef")
-        return Deelnemer("bsn", number, None, achternaam=achternaam, **names)
+        return Deelnemer("bsn", number, None, voornamen, voorvoegsel, achternaam)
     if learner.onderwijsnummer is not None and learner.onderwijsnummer.get_secret_value().strip():
         number = bsn_rules.normalise(learner.onderwijsnummer.get_secret_value())
         if not bsn_rules.is_nine_digits(number):
             raise Unsendable(f"the onderwijsnummer of student {student} is not 9 digits; correct it in the "
                              "learners directory", code="onderwijsnummer-invalid")
-        return Deelnemer("onderwijsnummer", number, None, achternaam=achternaam, **names)
+        return Deelnemer("onderwijsnummer", number, None, voornamen, voorvoegsel, achternaam)
     if learner.date_of_birth is not None:
         key = student.strip()  # an identifier: sent as it is, never re-spaced
         if _CONTROL.search(key) or any(c in key for c in "\t\n\r"):
             raise Unsendable(f"the student number {key!r} contains a control character; correct it in the source",
                              code="invalid-data")
-        return Deelnemer("eigenDeelnemerSleutel", key, learner.date_of_birth, achternaam=achternaam, **names)
+        return Deelnemer("eigenDeelnemerSleutel", key, learner.date_of_birth, voornamen, voorvoegsel, achternaam)
     raise Unsendable(
         f"no BSN, onderwijsnummer or date of birth for student {student}: the register needs one of them; "
         "add bsn, onderwijsnummer or date_of_birth to the learners directory ([[learners]]), "
@@ -174,12 +174,16 @@ def own_unit_key(record: MicrocredentialRecord, brin: str) -> str:
     return key
 
 
-def resultaat(record: MicrocredentialRecord, eenheid: Eenheid, *, onderwijsaanbiedercode: str) -> Resultaat:
-    """The `<resultaat>` content of an awardable record (Unsendable if it cannot be expressed)."""
+def resultaat(record: MicrocredentialRecord, eenheid: Eenheid, *, onderwijsaanbiedercode: str,
+              person: Deelnemer | None = None) -> Resultaat:
+    """The `<resultaat>` content of an awardable record (Unsendable if it cannot be expressed).
+
+    `person` is `deelnemer(record.learner)` when the caller has it already.
+    """
     mc = record.microcredential
     return Resultaat(
-        record_id=str(record.record_id), deelnemer=deelnemer(record.learner), eenheid=eenheid,
-        onderwijsaanbiedercode=onderwijsaanbiedercode, datum_behaald=record.result.assessment_date,
+        record_id=str(record.record_id), deelnemer=person if person is not None else deelnemer(record.learner),
+        eenheid=eenheid, onderwijsaanbiedercode=onderwijsaanbiedercode, datum_behaald=record.result.assessment_date,
         studielast=studielast(record), resultaat=grade_text(record.result), eqf=mc.eqf, nlqf=mc.nlqf)
 
 

@@ -72,7 +72,7 @@ import logging
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
 from uuid import uuid4
@@ -136,10 +136,19 @@ class _Entry:
     el: etree._Element
     sent_hash: str | None
     unit: str | None
+    _xml: bytes | None = field(default=None, repr=False)
+
+    @property
+    def xml(self) -> bytes:
+        """The element on its own (`messages.serialized`): measured for batching, then joined into the
+        body (`messages.levering_of`), so it is serialized once."""
+        if self._xml is None:
+            self._xml = messages.serialized(self.el)
+        return self._xml
 
     @property
     def size(self) -> int:
-        return messages.element_size(self.el)
+        return len(self.xml)    # = messages.element_size(self.el)
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,10 @@ def _slim(item: WorkItem) -> WorkItem:
 
 
 def _pack(body: bytes) -> str:
-    return base64.b64encode(zlib.compress(body, 6)).decode("ascii")
+    # Level 1: the packed body only lives in the ledger until the register has taken the delivery
+    # (submitted() drops it), and compresses about 2.5x faster than level 6 for ~25% more bytes.
+    # Any level unpacks the same way, so bodies packed before stay readable.
+    return base64.b64encode(zlib.compress(body, 1)).decode("ascii")
 
 
 def _unpack(text: str) -> bytes:
@@ -343,11 +355,11 @@ class DuoRegisterTarget:
         if record is None:
             return _Hold("the record is missing from the state store; run `mcsync sync` again", "no-record")
         try:
-            payload.deelnemer(record.learner)  # identity problems first: a person must act on those
+            person = payload.deelnemer(record.learner)  # identity problems first: a person must act on those
             unit = self._unit(record, ledger)
             if isinstance(unit, str):
                 return _Hold(unit)
-            entry = payload.resultaat(record, unit, onderwijsaanbiedercode=self.aanbiedercode)
+            entry = payload.resultaat(record, unit, onderwijsaanbiedercode=self.aanbiedercode, person=person)
             element = messages.element(entry)
         except Unsendable as exc:
             return _Hold(exc.message, exc.code)
@@ -411,19 +423,20 @@ class DuoRegisterTarget:
         """Post one delivery (fresh, or `reuse`d byte for byte); the open deliveries it leaves."""
         if reuse is None:
             levering_id = str(uuid4())
-            body = messages.levering(levering_id, self.oin, datetime.now(UTC), [e.el for e in entries])
+            body = messages.levering_of(levering_id, self.oin, datetime.now(UTC), [e.xml for e in entries])
             errors = messages.schema_errors(messages.parse_xml(body))
             if errors:
                 return await self._drop_misfits(entries, ledger, errors[0])
-            self._begin(levering_id, body, entries, ledger)
+            sents = self._sents(levering_id, _sha256(body), entries)
+            self._begin(levering_id, body, entries, sents, ledger)
             log.info("delivery %s: posting %d records (%d bytes)", levering_id, len(entries), len(body))
         else:
             levering_id, body = reuse
+            sents = self._sents(levering_id, _sha256(body), entries)
         answer = await self._register.post_levering(levering_id, body)
         n = len(entries)
         if answer.action is Action.SUBMITTED:
-            digest = _sha256(body)
-            opened = [(e.item, self._sent(levering_id, digest, entries, e)) for e in entries]
+            opened = [(e.item, sent) for e, sent in zip(entries, sents, strict=True)]
             with ledger.transaction():
                 for item, sent in opened:
                     self._submitted(item, sent, ledger)
@@ -473,7 +486,7 @@ class DuoRegisterTarget:
         probe_id = str(uuid4())
         fits, misfits = [], []
         for e in entries:
-            one = messages.levering(probe_id, self.oin, datetime.now(UTC), [e.el])
+            one = messages.levering_of(probe_id, self.oin, datetime.now(UTC), [e.xml])
             errors = messages.schema_errors(messages.parse_xml(one))
             (misfits if errors else fits).append((e, errors))
         if not misfits:  # the envelope itself is wrong: a configuration problem, not a record's
@@ -484,23 +497,28 @@ class DuoRegisterTarget:
                 f"the record does not match the register's schema ({errors[0]}); correct the data", code="XSD001"))
         return await self._send([e for e, _ in fits], ledger) if fits else {}
 
-    def _sent(self, levering_id: str, digest: str, entries: list[_Entry], e: _Entry, *,
-              packed: str | None = None) -> Sent:
-        """What the row of `e` records about the delivery; the holder (first entry) also keeps `packed`."""
+    @staticmethod
+    def _sents(levering_id: str, digest: str, entries: list[_Entry]) -> list[Sent]:
+        """What the row of each entry records about the delivery (without the body; see _begin)."""
         holder = entries[0].item.key
-        return Sent(levering_id=levering_id, body_sha256=digest, holder=holder, kind=e.kind,
-                    sent_hash=e.sent_hash, unit=e.unit, body=packed if e.item.key == holder else None)
+        return [Sent(levering_id=levering_id, body_sha256=digest, holder=holder, kind=e.kind,
+                     sent_hash=e.sent_hash, unit=e.unit) for e in entries]
 
-    def _begin(self, levering_id: str, body: bytes, entries: list[_Entry], ledger: Ledger) -> None:
-        """Store the leveringId and the exact body before the POST (one commit)."""
-        digest, packed = _sha256(body), _pack(body)
+    @staticmethod
+    def _begin(levering_id: str, body: bytes, entries: list[_Entry], sents: list[Sent], ledger: Ledger) -> None:
+        """Store the leveringId and the exact body before the POST (one commit); the holder (first
+        entry) keeps the body, the other rows hold `body: None` (None removes stale keys)."""
+        packed = _pack(body)
+        begin = ledger.begin      # looked up once: the engine's ledger wrapper forwards it by __getattr__
         with ledger.transaction():
-            for e in entries:
-                data = self._sent(levering_id, digest, entries, e, packed=packed).model_dump()
-                ledger.begin([e.item.key], correlation_id=levering_id, data=data)  # None removes stale keys
+            for e, sent in zip(entries, sents, strict=True):
+                data = sent.model_dump()
+                if e.item.key == sent.holder:
+                    data["body"] = packed
+                begin([e.item.key], correlation_id=levering_id, data=data)
 
     def _submitted(self, item: WorkItem, sent: Sent, ledger: Ledger) -> None:
-        data = sent.model_copy(update={"body": None}).model_dump(exclude_none=True)
+        data = sent.model_dump(exclude={"body"}, exclude_none=True)  # the body is dropped once the register has it
         ledger.submitted(item.key, remote=RemoteRef(remote_id=item.key, correlation_id=sent.levering_id, data=data),
                          note=f"in delivery {sent.levering_id}; waiting for the register's report")
 

@@ -11,12 +11,14 @@ The eppn is the learner's own (`learner.eppn`, e.g. from the SIS learners export
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 
 from ...errors import ConfigError
-from ...record import MicrocredentialRecord, stable_hash
+from ...record import MicrocredentialRecord
 from .models import AwardRequest
 
 #: The fields an `eppn_template` may use.
@@ -41,11 +43,13 @@ def check_template(template: str | None) -> None:
 
 def eppn_of(record: MicrocredentialRecord, template: str | None) -> str | None:
     """The learner's eppn, lower-cased: their own, else the template's; None if neither exists."""
-    if record.learner.eppn and record.learner.eppn.strip():
-        return record.learner.eppn.strip().lower()
+    learner = record.learner
+    own = learner.eppn.strip() if learner.eppn else None
+    if own:
+        return own.lower()
     if template is None:
         return None
-    return template.format(student_number=record.learner.student_number.strip(),
+    return template.format(student_number=learner.student_number.strip(),
                            brin=record.issuer.brin.lower()).strip().lower()
 
 
@@ -55,11 +59,24 @@ def badgeclass_of(record: MicrocredentialRecord) -> str | None:
 
 
 def desired_hash(record: MicrocredentialRecord, template: str | None) -> str | None:
-    """None unless the record leads to an award; else a hash of badge class and eppn only."""
+    """None unless the record leads to an award; else a hash of badge class and eppn only.
+
+    The value is `stable_hash({"badgeclass": ..., "eppn": ...})` (see `_award_hash`): it must never change,
+    or every award already delivered would look changed after an upgrade.
+    """
     badgeclass = badgeclass_of(record)
     if not record.awardable or badgeclass is None:
         return None
-    return stable_hash({"badgeclass": badgeclass, "eppn": eppn_of(record, template)})
+    return _award_hash(badgeclass, eppn_of(record, template))
+
+
+def _award_hash(badgeclass: str, eppn: str | None) -> str:
+    """`stable_hash({"badgeclass": badgeclass, "eppn": eppn})`, without json.dumps' set-up per call (it runs
+    for every record at every plan). `stable_hash` writes sorted keys, no spaces and no ASCII escaping;
+    json's own `encode_basestring` is what it writes each string with, so the text (and hash) is the same."""
+    eppn_json = "null" if eppn is None else encode_basestring(eppn)
+    text = f'{{"badgeclass":{encode_basestring(badgeclass)},"eppn":{eppn_json}}}'
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,8 @@ class AwardBuilder:
                 "the learner has no e-mail address; Edubadges needs recipient_email for every award",
                 "add the learner's e-mail address (column email) to the learners export ([[learners]]) or "
                 "to the source export; then `mcsync retry`")
-        surname = " ".join(p for p in (learner.family_name_prefix, learner.family_name) if p) or None
+        prefix, family = learner.family_name_prefix, learner.family_name
+        surname = f"{prefix} {family}" if prefix and family else (prefix or family or None)
         return AwardRequest(eppn=eppn, recipient_email=learner.email.strip().lower(),
                             first_name=learner.given_name or None, surname=surname,
                             grade_achieved=record.result.grade_raw or None)

@@ -41,9 +41,14 @@ _LISTED = TypeAdapter(list[ListedAward])
 _BADGE_CLASSES = TypeAdapter(list[BadgeClassRow])
 
 
+#: What json.dumps(body, ensure_ascii=False, separators=(",", ":")) uses, made once: json.dumps makes
+#: a new encoder on every call with options.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(body: Any) -> bytes:
-    """The exact bytes sent for a JSON body (also used to keep bundles under the size limit)."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The exact bytes sent for a JSON body (AwardRequest.encoded_size counts an award's share of it)."""
+    return _ENCODER.encode(body).encode("utf-8")
 
 
 class _Borrowed(httpx.AsyncBaseTransport):

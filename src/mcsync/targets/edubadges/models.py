@@ -7,6 +7,7 @@ adds fields and statuses without notice; what mcsync relies on is required.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
@@ -30,6 +31,18 @@ class AwardRequest:
         data = {"eppn": self.eppn, "recipient_email": self.recipient_email, "first_name": self.first_name,
                 "surname": self.surname, "grade_achieved": self.grade_achieved}
         return {name: value for name, value in data.items() if value}
+
+    def encoded_size(self) -> int:
+        """`len(encode(self.payload()))`: the bytes this award adds to a create request's body.
+
+        Counted without writing the JSON object (bundles are sized award by award): `{`, then per field
+        `"name":` and the value as JSON writes it (json's own `encode_basestring`, UTF-8), each followed
+        by `,` or the closing `}`.
+        """
+        size = 1
+        for name, value in self.payload().items():
+            size += len(name) + 4 + len(encode_basestring(value).encode("utf-8"))
+        return size if size > 1 else 2
 
 
 def create_request(badgeclass: str, awards: list[AwardRequest], *, notify: bool) -> dict[str, Any]:
