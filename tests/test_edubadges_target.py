@@ -236,3 +236,16 @@ def test_settings_and_template_are_checked_up_front(issuer):
         EdubadgesTarget(settings(), TargetContext(issuer=issuer, eppn_template="{studentnummer}@hz.nl"))
     assert EdubadgesTarget.Settings is EdubadgesSettings
 
+
+
+def test_an_attempts_data_names_every_field_so_that_begin_leaves_nothing_stale():
+    from dataclasses import fields
+    from datetime import UTC, datetime
+
+    from mcsync.targets.edubadges.target import Attempt
+
+    attempt = Attempt("create", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "BC1", "e@x.nl", "e@x.nl", "h", 0,
+                      "bundle-1", None)
+    data = attempt.as_data()["attempt"]
+    assert list(data) == [f.name for f in fields(Attempt)]
+    assert data["at"] == "2026-01-02T03:04:05+00:00" and data["bundle"] == "bundle-1" and data["rejected"] is None

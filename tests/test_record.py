@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from mcsync.record import RECORD_NAMESPACE, Learner, make_record_id
+from mcsync.record import RECORD_NAMESPACE, Learner, make_record_id, make_record_key
 
 from .conftest import make_definition, make_record
 
@@ -16,6 +16,12 @@ def test_record_id_is_uuid5_of_brin_student_and_code():
     assert rid == uuid.uuid5(RECORD_NAMESPACE, "30GB\x1f2210451\x1fMC-DATA01")
     assert rid.version == 5
     assert rid != make_record_id("30GB", "2210451", "MC-CIRC02")
+
+
+@pytest.mark.parametrize("number", ["2210451", " 2210451 ", "s-ø-ü-ß", "0" * 40, "x\u4e2d"])
+@pytest.mark.parametrize("code", ["MC-DATA01", "mc data 02", " MC-Ä "])
+def test_record_key_is_the_record_id_as_text(number, code):
+    assert make_record_key("30gb", number, code) == str(make_record_id("30gb", number, code))
 
 
 def test_same_learner_and_code_give_the_same_record_whatever_the_grade(issuer):

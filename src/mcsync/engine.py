@@ -50,6 +50,7 @@ import contextlib
 import gc
 import hashlib
 import itertools
+import json
 import logging
 import threading
 import time
@@ -69,7 +70,7 @@ from .errors import ConfigError, DeliveryError, InputProblem, Location, Shutdown
 from .mapping import Mapping, load_mapping, to_record
 from .progress import NoProgress, Progress
 from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, definition_digest,
-                     make_record_id, stable_hash)
+                     make_record_key, stable_hash)
 from .state.store import DeliveryRow, Problem, StateStore, StoredRecord
 from .targets.base import DeliveryState, RemoteRef, Target, TargetContext, WorkItem, catalogue_key
 
@@ -486,27 +487,28 @@ class Engine:
                    problems: list[Problem], base: str) -> None:
         """Map a batch of rows. A row whose inputs (row, learner, definition, settings) hash to the plan
         hash stored for its record is unchanged: it is counted and nothing else is done with it."""
-        directory = self.store.learners(r.student_number.strip() for r in rows if r.student_number)
+        # each learner's directory entry as the store keeps it (canonical JSON): hashed as it is,
+        # decoded only for the rows that need a record built
+        directory = self.store.learner_texts(r.student_number.strip() for r in rows if r.student_number)
         grading = stable_hash([base, mapping.grading.model_dump(mode="json")])
-        keyed: list[tuple[RawResult, uuid.UUID | None, str | None, str | None]] = []
+        keyed: list[tuple[RawResult, str | None, str | None]] = []
         for raw in rows:
             has_result = raw.grade is not None or raw.status_hint is not None
             definition = (mapping.definition_for(raw.course_code)
                           if raw.course_code and raw.student_number and has_result else None)
             if definition is None:
-                keyed.append((raw, None, None, None))
+                keyed.append((raw, None, None))
                 continue
             number = raw.student_number.strip()  # type: ignore[union-attr]
-            record_id = make_record_id(self.issuer.brin, number, definition.code)
-            keyed.append((raw, record_id, str(record_id),
+            keyed.append((raw, make_record_key(self.issuer.brin, number, definition.code),
                           _row_hash(raw, directory.get(number), definition_digest(definition), grading)))
-        rids = [rid for _, _, rid, _ in keyed if rid is not None]
+        rids = [rid for _, rid, _ in keyed if rid is not None]
         stored = self.store.stored(rids)
         earlier = self.store.seen_ranks(rids)        # read before in this run (another row, file or source)
         winners: dict[str, int] = {}                  # this batch's winners, ranked
         records: dict[str, tuple[MicrocredentialRecord, str]] = {}
         today = self.today()
-        for raw, record_id, rid, row_hash in keyed:
+        for raw, rid, row_hash in keyed:
             before = stored.get(rid) if rid is not None else None
             if (before is not None and before.plan_hash == row_hash and rid not in winners and rid not in earlier
                     and not before.hold):
@@ -518,8 +520,8 @@ class Engine:
                     stats["mapped"] += 1
                     continue
             known = directory.get(raw.student_number.strip()) if raw.student_number else None
-            outcome = to_record(raw, mapping, self.issuer, known, today=today,
-                                record_id=record_id)
+            outcome = to_record(raw, mapping, self.issuer, json.loads(known) if known else None, today=today,
+                                record_id=uuid.UUID(rid) if rid else None)
             if outcome is None:
                 report.no_result += 1
                 continue
@@ -745,12 +747,13 @@ def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]
     return [(name, targets[name]) for name in done]
 
 
-def _row_hash(raw: RawResult, learner: dict[str, Any] | None, definition: str, base: str) -> str:
-    """What decides a row's record: the row (not where it stands), its learner, its definition and
-    the settings. Equal hashes mean the record and every target's wish are unchanged."""
+def _row_hash(raw: RawResult, learner: str | None, definition: str, base: str) -> str:
+    """What decides a row's record: the row (not where it stands), its learner (the directory entry's
+    canonical JSON), its definition and the settings. Equal hashes mean the record and every
+    target's wish are unchanged."""
     values = (raw.student_number, raw.course_code, raw.grade, raw.scale, raw.status_hint, raw.result_date,
               raw.given_name, raw.family_name_prefix, raw.family_name, raw.email, raw.eppn)
-    text = repr((values, sorted(learner.items()) if learner else None, definition, base))
+    text = repr((values, learner, definition, base))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -374,13 +374,15 @@ class SqliteStateStore:
                 [(r["student_number"], json.dumps(r, sort_keys=True, default=str), stamp) for r in rows])
 
     def learners(self, student_numbers: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {number: json.loads(text) for number, text in self.learner_texts(student_numbers).items()}
+
+    def learner_texts(self, student_numbers: Iterable[str]) -> dict[str, str]:
         wanted = sorted(set(student_numbers))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, str] = {}
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
-            for number, data in self.conn.execute(
-                    f"SELECT student_number, data FROM learners WHERE student_number IN ({marks})", chunk):
-                found[number] = json.loads(data)
+            found.update(self.conn.execute(
+                f"SELECT student_number, data FROM learners WHERE student_number IN ({marks})", chunk).fetchall())
         return found
 
     # records --------------------------------------------------------------------------------------

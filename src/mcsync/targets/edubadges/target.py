@@ -78,7 +78,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -140,7 +140,7 @@ class Attempt:
 
     def as_data(self) -> dict[str, Any]:
         # every key is written (None included) so that begin()'s JSON merge leaves nothing stale behind;
-        # spelled out (in field order, checked below the class) because it runs twice per award
+        # spelled out (in field order; a test holds it to the fields) because it runs twice per award
         return {"attempt": {"op": self.op, "at": _isoformat(self.at), "badgeclass": self.badgeclass,
                             "eppn": self.eppn, "email": self.email, "hash": self.hash, "claims": self.claims,
                             "bundle": self.bundle, "rejected": self.rejected}}
@@ -165,10 +165,6 @@ class Attempt:
 
     def ref(self) -> AwardRef:
         return AwardRef(badgeclass=self.badgeclass, eppn=self.eppn, email=self.email, bundle_id=self.bundle)
-
-
-if [f.name for f in fields(Attempt)] != list(Attempt("create", datetime.now(UTC), "", None).as_data()["attempt"]):
-    raise AssertionError("Attempt.as_data() must write every field of Attempt, in field order")
 
 
 class Intent(StrEnum):
