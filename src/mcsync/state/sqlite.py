@@ -5,6 +5,9 @@ Durability choices, and why:
   that mark must survive a power cut, or a crash right after the call could make us send again.
 - Short transactions (`BEGIN IMMEDIATE` per batch), never one lock for the whole run, so a crash
   loses at most the batch in hand (and that batch is in_flight, so it is reconciled, not re-sent).
+- Group commit where a crash cannot lose anything that matters (see "transactions" below): during
+  delivery the ledger's steps after `begin()` wait in memory and are written together; planning
+  commits every few seconds. Both are redone or looked up after a crash, never sent twice.
 - The file and its directory are private (0600/0700): the store holds personal data.
 - `temp_store=MEMORY`: SQLite needs no temp files outside the state directory (systemd sandboxes).
 - a 64 MiB page cache: at 100,000 records the hot tables would not fit SQLite's default 8 MiB.
