@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from mcsync.errors import PermanentError, TargetUnavailable
 from mcsync.record import MicrocredentialRecord, ResultStatus
-from mcsync.sandbox.duo import DuoRegisterSimulator
+from mcsync.sandbox.base import mock_transport
+from mcsync.sandbox.duo import MOUNT, DuoRegisterSimulator
 from mcsync.targets.base import DeliveryState, RemoteRef, TargetContext, catalogue_key
 from mcsync.targets.duo import DuoRegisterTarget
 
@@ -522,3 +523,36 @@ async def test_a_grade_xml_cannot_carry_is_parked_and_the_rest_goes(h, issuer) -
     h.plan(make_record(issuer, "2210498", bsn=SecretStr(BSN[21]), grade="7"))     # corrected at the source
     await h.deliver()
     assert h.state(bad) is DeliveryState.SYNCED
+
+
+@asynctest
+async def test_reports_are_asked_for_concurrency_at_a_time_and_all_applied(store, issuer) -> None:
+    clock = Clock()
+    sim = DuoRegisterSimulator(processing_delay=5, clock=clock)
+    inner = mock_transport(sim, prefix=MOUNT)
+    in_flight: list[int] = [0]
+    most: list[int] = [0]
+
+    class Counting(httpx.AsyncBaseTransport):
+        """Counts report requests that are on their way at the same time."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            report = request.method == "GET" and "/leveringen/" in request.url.path
+            if report:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            try:
+                await asyncio.sleep(0.01)            # the network: others may start meanwhile
+                return await inner.handle_async_request(request)
+            finally:
+                if report:
+                    in_flight[0] -= 1
+
+    h = Harness(store, issuer, sim=sim, clock=clock, transport=Counting(), batch_size=1, concurrency=3)
+    h.confirm_rio()
+    h.plan(*passed(issuer, 7))
+    await h.deliver()
+    assert sim.posts == 7 and set(h.states().values()) == {DeliveryState.SYNCED}
+    assert most[0] == 3                                  # never more than `concurrency`, and used
+    assert clock.waits == [5.0]                          # one wait for all seven reports
+    await h.aclose()

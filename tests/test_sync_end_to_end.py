@@ -81,6 +81,23 @@ def test_a_learner_in_two_files_is_awarded_once(inst):
     assert len(inst.sandbox.duo.deliveries_with(rid)) == 1
 
 
+def test_an_older_result_added_later_does_not_replace_the_unchanged_one(inst):
+    inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;8,0;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
+    inst.run()
+    rid = str(make_record_id(BRIN, "2276502", "MC-DATA01"))
+    assert len(inst.sandbox.duo.deliveries_with(rid)) == 1
+    # the same result again, unchanged (ranked by what the store kept), and an older resit result
+    inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;6,0;2025-01-15;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
+    report = inst.run()
+    assert report.superseded == 1 and report.changed == 0
+    assert len(inst.sandbox.duo.deliveries_with(rid)) == 1
+    # a later result does replace it
+    inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;9,0;2025-08-29;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
+    report = inst.run()
+    assert report.changed == 1 and report.superseded == 1            # the January row, again
+    assert len(inst.sandbox.duo.deliveries_with(rid)) == 2
+
+
 def test_broken_rows_are_reported_with_file_line_and_reason_and_the_rest_goes_through(inst):
     inst.append("exports/osiris/results.csv",
                 "2276502;WISB101;8,0;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n"    # line 7

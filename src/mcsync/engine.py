@@ -69,8 +69,8 @@ from .config import Config, SourceSettings, plugin_settings
 from .errors import ConfigError, DeliveryError, InputProblem, Location, ShutdownRequested, TargetUnavailable
 from .mapping import Mapping, load_mapping, to_record
 from .progress import NoProgress, Progress
-from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, ResultStatus, definition_digest,
-                     make_record_key, stable_hash)
+from .record import (Learner, MicrocredentialDefinition, MicrocredentialRecord, definition_digest,
+                     make_record_key, result_rank, stable_hash)
 from .state.store import DeliveryRow, Problem, StateStore, StoredRecord
 from .targets.base import DeliveryState, RemoteRef, Target, TargetContext, WorkItem, catalogue_key
 
@@ -82,10 +82,6 @@ DELIVERY_CHUNK = 2000
 EXIT_OK = 0
 EXIT_NEEDS_PERSON = 1
 EXIT_UNAVAILABLE = 75
-
-#: On the same result date, which status a duplicate row keeps (higher wins).
-_STATUS_RANK = {ResultStatus.FRAUD: 4, ResultStatus.PASSED: 3, ResultStatus.EXEMPT: 2,
-                ResultStatus.FAILED: 1, ResultStatus.ABSENT: 0}
 
 
 @dataclass
@@ -347,7 +343,7 @@ class Engine:
                        since: date | None, until: date | None, full: bool) -> None:
         learners = self._load_learners(report)
         base = stable_hash([learners, self.fingerprint(), self.today().isoformat()])
-        self.store.clear_seen()           # what this run reads, with each record's winning rank (`_rank`)
+        self.store.clear_seen()           # what this run reads, with each record's winning rank (`result_rank`)
         partial = since is not None or until is not None
         read_in_full: dict[str, str | None] = {}
         for source in self.config.settings.sources:
@@ -512,7 +508,8 @@ class Engine:
             before = stored.get(rid) if rid is not None else None
             if (before is not None and before.plan_hash == row_hash and rid not in winners and rid not in earlier
                     and not before.hold):
-                rank = _quick_rank(raw, mapping)
+                # the row that made the stored record had these very inputs, so it has its rank
+                rank = before.rank if before.rank is not None else _quick_rank(raw, mapping)
                 if rank is not None:
                     winners[rid] = rank          # type: ignore[index]
                     report.mapped += 1
@@ -529,7 +526,7 @@ class Engine:
                 problems.append(Problem(outcome.location, outcome.reason))
                 continue
             rid = rid or str(outcome.record_id)
-            rank = _rank(outcome.result.assessment_date, outcome.result.status)
+            rank = result_rank(outcome.result.assessment_date, outcome.result.status)
             best = winners.get(rid, earlier.get(rid))
             if best is not None and best >= rank:
                 report.superseded += 1
@@ -757,11 +754,6 @@ def _row_hash(raw: RawResult, learner: str | None, definition: str, base: str) -
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _rank(result_date: date, status: ResultStatus) -> int:
-    """Which of two rows for one record wins: the later result date; on the same date `_STATUS_RANK`."""
-    return result_date.toordinal() * 8 + _STATUS_RANK[status]
-
-
 def _quick_rank(raw: RawResult, mapping: Mapping) -> int | None:
     """The rank of an unchanged row (for duplicate detection) without building its record."""
     if raw.result_date is None:
@@ -770,7 +762,7 @@ def _quick_rank(raw: RawResult, mapping: Mapping) -> int | None:
         status, _ = mapping.grading.judge(raw.grade or "", raw.scale, raw.status_hint)
     except ValueError:
         return None
-    return _rank(raw.result_date, status)
+    return result_rank(raw.result_date, status)
 
 
 def _directory_learner(row: LearnerRow) -> dict[str, Any] | InputProblem:

@@ -62,6 +62,15 @@ def make_record_id(brin: str, student_number: str, microcredential_code: str) ->
 
 _RECORD_NAMESPACE_BYTES = RECORD_NAMESPACE.bytes
 
+#: On the same result date, which status a duplicate row keeps (higher wins).
+_STATUS_RANK = {"fraud": 4, "passed": 3, "exempt": 2, "failed": 1, "absent": 0}
+
+
+def result_rank(assessment_date: date, status: str) -> int:
+    """Which of two results for one record wins (higher): the later date; on the same date fraud
+    beats passed beats exempt beats failed beats absent."""
+    return assessment_date.toordinal() * 8 + _STATUS_RANK[status]
+
 
 def make_record_key(brin: str, student_number: str, microcredential_code: str) -> str:
     """`str(make_record_id(...))`, written directly: the engine computes one for every row it reads,

@@ -14,6 +14,7 @@ Tables:
 - `deliveries`  the outbox: one row per (target, key); see mcsync.targets.base for the states.
 - `problems`    input that needs a person (file, line, field, reason); replaced per source per run.
 - `run_seen`    (v5) the records the current run has read so far, with the rank of the row that won.
+  `records.rank` (v6): that rank for the stored record (`record.result_rank`; NULL in rows from before).
 - `inputs`      (v2) the fingerprint of each export as last read in full, so an unchanged one is skipped.
   `records.hold` (v2): why a record must not be at the targets whatever its result: "vanished" (no
   longer in its export) or "revoked" (`mcsync revoke`), with `hold_reason` in words.
@@ -72,6 +73,9 @@ MIGRATIONS: list[list[str]] = [
         # the records one run read, with the rank of the row that won (duplicates, vanished records):
         # on disk, so that memory stays flat whatever the size of the exports
         "CREATE TABLE run_seen (record_id TEXT PRIMARY KEY, rank INTEGER NOT NULL) WITHOUT ROWID",
+    ],
+    [  # 5 -> 6: a record keeps the rank of its result, so an unchanged row needs no grading to be ranked
+        "ALTER TABLE records ADD COLUMN rank INTEGER",
     ],
 ]
 

@@ -34,7 +34,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import DeliveryError, Location, UnknownOutcome
-from ..record import MicrocredentialDefinition, MicrocredentialRecord, definition_digest
+from ..record import MicrocredentialDefinition, MicrocredentialRecord, definition_digest, result_rank
 from ..targets.base import DeliveryState, RemoteRef
 from .schema import migrate
 from .store import DeliveryRow, Failure, Problem, RunInfo, StoredRecord
@@ -393,10 +393,10 @@ class SqliteStateStore:
         found: dict[str, StoredRecord] = {}
         for chunk in _chunks(list(record_ids)):
             marks = ",".join("?" * len(chunk))
-            for rid, chash, phash, hold in self.conn.execute(
-                    f"SELECT record_id, content_hash, plan_hash, hold FROM records WHERE record_id IN ({marks})",
+            for rid, chash, phash, hold, rank in self.conn.execute(
+                    f"SELECT record_id, content_hash, plan_hash, hold, rank FROM records WHERE record_id IN ({marks})",
                     chunk):
-                found[rid] = StoredRecord(rid, chash, phash, hold)
+                found[rid] = StoredRecord(rid, chash, phash, hold, rank)
         return found
 
     # what this run has read ------------------------------------------------------------------------
@@ -457,19 +457,20 @@ class SqliteStateStore:
                 definitions[digest] = rec.microcredential
             params.append((str(rec.record_id), rec.provenance.source, rec.learner.student_number,
                            rec.microcredential.code, rec.result.status.value, chash, phash, rec.to_state_parts(),
-                           digest, rec.provenance.file, rec.provenance.line, run_id, run_id, stamp))
+                           digest, rec.provenance.file, rec.provenance.line, run_id, run_id, stamp,
+                           result_rank(rec.result.assessment_date, rec.result.status)))
         with self.transaction():
             self.conn.executemany(
                 "INSERT INTO definitions(digest, code, data) VALUES (?, ?, ?) ON CONFLICT(digest) DO NOTHING",
                 [(digest, d.code, d.model_dump_json()) for digest, d in definitions.items()])
             self.conn.executemany(
                 "INSERT INTO records(record_id, source, student_number, code, status, content_hash, "
-                "plan_hash, data, definition, file, line, first_run, seen_run, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "plan_hash, data, definition, file, line, first_run, seen_run, updated_at, rank) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(record_id) DO UPDATE SET source = excluded.source, status = excluded.status, "
                 "content_hash = excluded.content_hash, plan_hash = excluded.plan_hash, data = excluded.data, "
                 "definition = excluded.definition, file = excluded.file, line = excluded.line, "
-                "seen_run = excluded.seen_run, updated_at = excluded.updated_at", params)
+                "seen_run = excluded.seen_run, updated_at = excluded.updated_at, rank = excluded.rank", params)
         self._definitions.update(definitions)   # only once committed (a rollback would leave them unknown)
 
     def records(self, record_ids: Sequence[str]) -> dict[str, MicrocredentialRecord]:

@@ -27,6 +27,7 @@ class StoredRecord:
     content_hash: str
     plan_hash: str
     hold: str | None = None          # "vanished" | "revoked": must not be at the targets
+    rank: int | None = None          # `record.result_rank` of its result (None: stored before schema v6)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ Algorithm (one `deliver()` call)
    (logged at ERROR, parked, never re-sent); 401/403 stop the target for the run.
 5. The deliveries posted in this run are polled in `finish()`, which the engine calls after its last
    chunk (so a run of many chunks waits for reports once, not once per chunk); they are kept until
-   then without their records. Polling honours Retry-After, until `verwerkt` or until `poll_budget`
+   then without their records. The reports are asked for `concurrency` at a time (read-only), so the
+   next ones arrive while one is applied. Polling honours Retry-After, until `verwerkt` or until `poll_budget`
    seconds of waiting are spent in this run; what is left is read back on the next run. Per `regel`:
    accepted (R000, R301) → confirmed; R900 → sent again later in a new delivery; R401 on an
    intrekking → done (nothing was held); every other rejection → parked with code and text.
@@ -87,7 +88,7 @@ from ...record import MicrocredentialDefinition, MicrocredentialRecord, stable_h
 from ..base import DeliveryState, Ledger, RemoteRef, TargetContext, TargetSettings, WorkItem, catalogue_key
 from . import messages, payload
 from ...personal_numbers import redact
-from .client import RegisterClient, RetryPolicy
+from .client import Answer, RegisterClient, RetryPolicy
 from .errors import Action, Outcome, regel_outcome, signal_rule
 from .messages import MessageError, Signaal, Verwerkingsverslag
 from .payload import Eenheid, Unsendable
@@ -540,30 +541,14 @@ class DuoRegisterTarget:
         due = dict.fromkeys(opened, 0.0)   # when to ask next, in seconds from the start of this poll
         elapsed = 0.0
         while due:
-            for levering_id in [lid for lid, at in due.items() if at <= elapsed]:
-                answer = await self._register.get(f"/leveringen/{levering_id}")
-                if answer.action is Action.NOT_FOUND:
-                    del due[levering_id]
-                    items = [item for item, _ in opened[levering_id]]
-                    if any(item.record is None and item.desired_hash is not None for item in items):
-                        # kept without their records (finish()): they stay submitted and are compared
-                        # with the register, record by record, when the next run brings them with records
-                        log.warning("the register no longer knows delivery %s; its %d records are checked "
-                                    "one by one on the next run", levering_id, len(items))
-                        continue
-                    await self._reconcile(items, ledger, why=f"the register no longer knows delivery {levering_id}")
-                    continue
-                assert answer.response is not None
-                try:
-                    report = messages.parse_verslag(answer.response.content)
-                except MessageError as exc:
-                    raise TargetUnavailable(f"the register's report of delivery {levering_id} is unreadable: "
-                                            f"{redact(str(exc))}") from exc
-                if report.verwerkt:
-                    del due[levering_id]
-                    self._apply(report, opened[levering_id], ledger)
-                else:
-                    due[levering_id] = elapsed + (answer.retry_after or self.settings.poll_interval)
+            ready = [lid for lid, at in due.items() if at <= elapsed]
+            answers = self._fetch_reports(ready)
+            try:
+                await self._read_reports(ready, answers, opened, due, elapsed, ledger)
+            finally:
+                for fetch in answers.values():      # a failure stops the rest: no request is left running
+                    fetch.cancel()
+                await asyncio.gather(*answers.values(), return_exceptions=True)
             if not due:
                 return
             wake = min(due.values())
@@ -574,6 +559,46 @@ class DuoRegisterTarget:
             await self._sleep(wake - elapsed)
             self._waited += wake - elapsed
             elapsed = wake
+
+    def _fetch_reports(self, levering_ids: list[str]) -> dict[str, asyncio.Future[Answer]]:
+        """Ask for these deliveries' reports, `concurrency` at a time (read-only requests): while one
+        report is applied, the next ones are on their way instead of waiting their turn."""
+        gate = asyncio.Semaphore(self.settings.concurrency)
+
+        async def fetch(levering_id: str) -> Answer:
+            async with gate:
+                return await self._register.get(f"/leveringen/{levering_id}")
+
+        return {levering_id: asyncio.ensure_future(fetch(levering_id)) for levering_id in levering_ids}
+
+    async def _read_reports(self, ready: list[str], answers: dict[str, asyncio.Future[Answer]],
+                            opened: dict[str, list[_Open]], due: dict[str, float], elapsed: float,
+                            ledger: Ledger) -> None:
+        """Apply the reports of `ready` deliveries in order; those still processing get a next time in `due`."""
+        for levering_id in ready:
+            answer = await answers[levering_id]
+            if answer.action is Action.NOT_FOUND:
+                del due[levering_id]
+                items = [item for item, _ in opened[levering_id]]
+                if any(item.record is None and item.desired_hash is not None for item in items):
+                    # kept without their records (finish()): they stay submitted and are compared
+                    # with the register, record by record, when the next run brings them with records
+                    log.warning("the register no longer knows delivery %s; its %d records are checked "
+                                "one by one on the next run", levering_id, len(items))
+                    continue
+                await self._reconcile(items, ledger, why=f"the register no longer knows delivery {levering_id}")
+                continue
+            assert answer.response is not None
+            try:
+                report = messages.parse_verslag(answer.response.content)
+            except MessageError as exc:
+                raise TargetUnavailable(f"the register's report of delivery {levering_id} is unreadable: "
+                                        f"{redact(str(exc))}") from exc
+            if report.verwerkt:
+                del due[levering_id]
+                self._apply(report, opened[levering_id], ledger)
+            else:
+                due[levering_id] = elapsed + (answer.retry_after or self.settings.poll_interval)
 
     def _apply(self, report: Verwerkingsverslag, items: list[_Open], ledger: Ledger) -> None:
         """Apply a processed report to its items, in one transaction."""
