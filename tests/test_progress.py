@@ -125,24 +125,30 @@ def test_line_progress_of_an_open_ended_phase_has_no_eta_and_finishes_once(progr
     assert "left" not in handler.records[0].getMessage()
 
 
-def test_line_progress_as_json_lines(progress_logger):
-    logger, _ = progress_logger
+def _json_lines(logger, script) -> list[dict]:
+    """What `script(lines, clock)` makes a LineProgress log, as JSON lines parsed one by one."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logs.JsonFormatter())
     logger.addHandler(handler)
     try:
         clock = FakeClock()
-        lines = LineProgress(every=10, clock=clock, logger=logger)
+        script(LineProgress(every=10, clock=clock, logger=logger), clock)
+    finally:
+        logger.removeHandler(handler)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_line_progress_as_json_lines(progress_logger):
+    def script(lines, clock):
         lines.start("deliver duo", 50)
         clock.now += 10
         lines.advance("deliver duo", 25)
         clock.now += 10
         lines.advance("deliver duo", 25)
         lines.finish("deliver duo")
-    finally:
-        logger.removeHandler(handler)
-    parsed = [json.loads(line) for line in out.getvalue().splitlines()]
+
+    parsed = _json_lines(progress_logger[0], script)
     assert [p["event"] for p in parsed] == ["progress"] * 3
     assert [p["message"] for p in parsed] == ["deliver duo: 25/50 (50%), 2.5/s, 10s left",
                                               "deliver duo: 50/50 (100%), 2.5/s, 0s left",
@@ -151,22 +157,14 @@ def test_line_progress_as_json_lines(progress_logger):
 
 
 def test_line_progress_json_lines_carry_the_progress_fields(progress_logger):
-    logger, _ = progress_logger
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logs.JsonFormatter())
-    logger.addHandler(handler)
-    try:
-        clock = FakeClock()
-        lines = LineProgress(every=10, clock=clock, logger=logger)
+    def script(lines, clock):
         lines.start("deliver duo", 50)
         clock.now += 10
         lines.advance("deliver duo", 25)
         lines.start("read osiris", None)
         lines.finish("read osiris")
-    finally:
-        logger.removeHandler(handler)
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+
+    first, second = _json_lines(progress_logger[0], script)
     assert {k: first.get(k) for k in ("event", "phase", "done", "total", "rate", "eta_seconds")} == \
         {"event": "progress", "phase": "deliver duo", "done": 25, "total": 50, "rate": 2.5, "eta_seconds": 10.0}
     assert second["phase"] == "read osiris" and second["done"] == 0

@@ -376,9 +376,6 @@ class SqliteStateStore:
                 "updated_at = excluded.updated_at WHERE data != excluded.data",
                 [(r["student_number"], json.dumps(r, sort_keys=True, default=str), stamp) for r in rows])
 
-    def learners(self, student_numbers: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return {number: json.loads(text) for number, text in self.learner_texts(student_numbers).items()}
-
     def learner_texts(self, student_numbers: Iterable[str]) -> dict[str, str]:
         wanted = sorted(set(student_numbers))
         found: dict[str, str] = {}

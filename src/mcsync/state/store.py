@@ -111,9 +111,8 @@ class StateStore(Protocol):
 
     # learner directory ----------------------------------------------------------------------
     def put_learners(self, rows: Sequence[dict[str, Any]]) -> None: ...
-    def learners(self, student_numbers: Iterable[str]) -> dict[str, dict[str, Any]]: ...
     def learner_texts(self, student_numbers: Iterable[str]) -> dict[str, str]:
-        """The same entries as stored: canonical JSON (sorted keys), undecoded."""
+        """These learners' entries as stored: canonical JSON (sorted keys), undecoded."""
 
     # canonical records ----------------------------------------------------------------------
     def stored(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]: ...
