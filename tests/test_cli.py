@@ -37,6 +37,7 @@ def test_sync_status_failures_and_retry(cli_inst, capsys):
     config = str(cli_inst.folder / "mcsync.toml")
     code, out, err = run_cli(capsys, "--config", config, "sync")
     assert code == 0 and "mapped 15 records" in out, err
+    assert "11 learners read into the directory" in out
     code, out, _ = run_cli(capsys, "--config", config, "status", "--json")
     status = json.loads(out)
     assert code == 0 and status["records"] == 15
@@ -47,6 +48,8 @@ def test_sync_status_failures_and_retry(cli_inst, capsys):
     cli_inst.append("exports/osiris/results.csv", "2276502;MC-DATA01;11;2025-06-27;Anaïs;van;Dijk;a.vandijk@student.hz.nl\n")
     code, out, _ = run_cli(capsys, "--config", config, "sync", "--json")
     assert code == 1 and json.loads(out)["problems"] == 1
+    code, out, _ = run_cli(capsys, "--config", config, "sync")
+    assert "learner directory unchanged (not read again)" in out
     code, out, _ = run_cli(capsys, "--config", config, "failures", "--json")
     [failure] = json.loads(out)
     assert {"record_id", "target", "reason", "attempts", "since"} <= set(failure)

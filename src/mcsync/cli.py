@@ -250,6 +250,13 @@ def log_run_summary(report: RunReport) -> None:
                 extra={"run_id": report.run_id, "event": "run_summary", "summary": report.as_dict()})
 
 
+def _directory_line(report: RunReport) -> str:
+    """How much of the learner directory this run read (an unchanged file is not read again)."""
+    if report.learners == 0 and any(name.startswith("learners:") for name in report.skipped):
+        return "learner directory unchanged (not read again)"
+    return f"{report.learners} learners read into the directory"
+
+
 def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_json: bool) -> None:
     log_run_summary(report)
     data = report.as_dict()
@@ -259,7 +266,7 @@ def _print_report(report: RunReport, counts: dict[str, dict[str, int]], *, as_js
     title = "dry run (nothing sent, state unchanged)" if report.dry_run else "sync"
     print(f"{title}: read {report.read} rows, mapped {report.mapped} records "
           f"({report.changed} new or changed, {report.unchanged} unchanged), "
-          f"{report.problems} input problems, {report.learners} learners in the directory")
+          f"{report.problems} input problems, " + _directory_line(report))
     if report.sources:
         print("  from " + ", ".join(f"{name} {stats['read']} rows" for name, stats in report.sources.items()))
     for name, t in report.targets.items():
