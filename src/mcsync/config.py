@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -114,6 +114,27 @@ class DaemonSettings(BaseModel):
                                              "fed, so systemd restarts the daemon")
 
 
+class DeliverySettings(BaseModel):
+    """`[delivery]`: how many processes deliver side by side (see mcsync.lanes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processes: Literal["auto"] | int = Field(
+        default="auto", description="at most this many processes deliver at once, each to its own group of "
+                                    "targets (Edubadges | RIO and the DUO register); 1: all in the main "
+                                    "process; auto: as many as there are groups and CPU cores")
+    min_backlog: int = Field(default=5000, ge=1,
+                             description="a group of targets gets a process of its own only with at least "
+                                         "this many items due (a process costs about half a second to start)")
+
+    @field_validator("processes")
+    @classmethod
+    def _positive(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if value != "auto" and value < 1:
+            raise ValueError("must be at least 1, or \"auto\"")
+        return value
+
+
 class MetricsSettings(BaseModel):
     """`[metrics]`: Prometheus metrics, written after every run and optionally served by the daemon."""
 
@@ -161,6 +182,7 @@ class Settings(BaseSettings):
     targets: dict[str, dict[str, Any]] = {}
     guard: GuardSettings = GuardSettings()
     daemon: DaemonSettings = DaemonSettings()
+    delivery: DeliverySettings = DeliverySettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

@@ -25,7 +25,8 @@ One run, in order:
 
 4. **Deliver.** Targets run side by side on one event loop; a target starts once the targets it
    depends on are done (the DUO register waits for RIO, whose unit codes it needs; Edubadges starts at
-   once). Ledger steps that need not be durable at once are committed in groups (see
+   once). With a large backlog, groups of targets that do not wait for each other are delivered in
+   processes of their own, a CPU core each (`mcsync.lanes`; setting `delivery.processes`). Ledger steps that need not be durable at once are committed in groups (see
    `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
    latest records, and records every step through its ledger (see mcsync.targets.base for the
    crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
@@ -52,18 +53,20 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from . import inputs, plugins
+from . import inputs, lanes, plugins
 from .adapter import Adapter, AdapterContext, LearnerRow, RawResult
 from .config import Config, SourceSettings, plugin_settings
 from .errors import ConfigError, DeliveryError, InputProblem, Location, ShutdownRequested, TargetUnavailable
@@ -198,6 +201,11 @@ class Engine:
         self.today = today
         self._targets: dict[str, Target] = {}
         self._mappings: dict[str, Mapping] = {}
+        # remote systems or waits stood in for (tests): they cannot follow a delivery into another process
+        self._stood_in = transports is not None or sleep is not None
+        self._lane: set[str] | None = None          # in a lane process: only these targets
+        self._given_definitions: dict[str, MicrocredentialDefinition] | None = None
+        self.lane_pids: list[int] = []              # delivery processes started by this engine
 
     # ------------------------------------------------------------------ targets
     def targets(self) -> dict[str, Target]:
@@ -210,6 +218,8 @@ class Engine:
                                 eppn_template=self.config.settings.institution.eppn_template,
                                 extra={"rio_enabled": "rio" in enabled})
         for name in enabled:
+            if self._lane is not None and name not in self._lane:
+                continue
             cls = plugins.load(plugins.TARGET_GROUP, name)
             table = dict(self.config.target_table(name) or {})
             settings = plugin_settings(cls.Settings, table, config=self.config, key=f"targets.{name}")
@@ -264,19 +274,33 @@ class Engine:
         except BaseException:
             asyncio.run(self._close_targets())
             raise
+        away = [] if dry_run else self._lanes_away(only_targets)
         # delivery and closing share one event loop: the targets' connection pools belong to it
-        with self.store.deferred_commits():
-            asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run))
+        with self.store.deferred_commits(shared=bool(away)):
+            asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run, away=away))
         report.exit_code = self._exit_code(report)
         self.store.finish_run(report.run_id, report.exit_code, report.as_dict())
         return report
 
-    async def _deliver_and_close(self, report: RunReport, only_targets: Sequence[str], *, deliver: bool) -> None:
+    async def _deliver_and_close(self, report: RunReport, only_targets: Sequence[str], *, deliver: bool,
+                                 away: Sequence[list[str]] = ()) -> None:
         try:
             if deliver:
-                await self._deliver_all(report, only_targets)
+                await self._deliver_all(report, only_targets, away)
         finally:
             await self._close_targets()
+
+    def deliver_lane(self, run_id: str, names: Sequence[str], definitions: dict[str, MicrocredentialDefinition],
+                     ) -> tuple[dict[str, TargetReport], str | None]:
+        """In a lane process (mcsync.lanes): step 4 for these targets of run `run_id`, which the main
+        process planned. Returns their reports, and why delivery stopped early if it did."""
+        self._lane = set(names)
+        self._given_definitions = dict(definitions)
+        report = RunReport(run_id=run_id)
+        report.targets = {name: TargetReport() for name in self.targets()}
+        with _fewer_collections(), self.store.deferred_commits(shared=True):
+            asyncio.run(self._deliver_and_close(report, list(names), deliver=True))
+        return report.targets, report.interrupted
 
     async def _close_targets(self) -> None:
         for target in self._targets.values():
@@ -584,6 +608,8 @@ class Engine:
 
     def definitions(self) -> dict[str, MicrocredentialDefinition]:
         """All microcredential definitions of the mappings loaded so far, by code."""
+        if self._given_definitions is not None:
+            return dict(self._given_definitions)
         found: dict[str, MicrocredentialDefinition] = {}
         for mapping in self._mappings.values():
             for definition in mapping.definitions.values():
@@ -601,14 +627,17 @@ class Engine:
         if self.stop.is_set():
             raise ShutdownRequested("stopping: a shutdown was requested during a wait")
 
-    async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
+    async def _deliver_all(self, report: RunReport, only_targets: Sequence[str],
+                           away: Sequence[list[str]] = ()) -> None:
         """Each target starts as soon as the targets it depends on are done; the others run side by side.
+        The lanes in `away` are delivered by processes of their own (mcsync.lanes).
 
         Safe on one store: every ledger call runs on this event loop's thread, and no target awaits
         inside a ledger transaction, so two targets' writes never interleave within a block.
         """
+        elsewhere = {name for lane in away for name in lane}
         chosen = {name: target for name, target in self.targets().items()
-                  if not only_targets or name in only_targets}
+                  if (not only_targets or name in only_targets) and name not in elsewhere}
         done: dict[str, asyncio.Event] = {name: asyncio.Event() for name in chosen}
 
         async def deliver(name: str, target: Target) -> None:
@@ -621,7 +650,57 @@ class Engine:
             finally:
                 done[name].set()
 
-        await asyncio.gather(*(deliver(name, target) for name, target in chosen.items()))
+        await asyncio.gather(*(deliver(name, target) for name, target in chosen.items()),
+                             *(self._deliver_lane_away(lane, report) for lane in away))
+
+    def _lanes_away(self, only_targets: Sequence[str]) -> list[list[str]]:
+        """The lanes to deliver in processes of their own: all but the first, each with at least
+        `delivery.min_backlog` items due, as many as `delivery.processes` allows (see mcsync.lanes)."""
+        from .state.sqlite import SqliteStateStore
+
+        settings = self.config.settings.delivery
+        if self._stood_in or not isinstance(self.store, SqliteStateStore) or str(self.store.path) == ":memory:":
+            return []
+        chosen = {name: target for name, target in self.targets().items()
+                  if not only_targets or name in only_targets}
+        groups = lanes.split({name: list(target.depends_on) for name, target in chosen.items()})
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        limit = min(len(groups), cores if settings.processes == "auto" else settings.processes)
+        now = datetime.now(UTC)
+        away: list[list[str]] = []
+        for group in groups[1:]:
+            if 1 + len(away) >= limit:
+                break
+            if sum(self.store.count_due(name, now) for name in group) >= settings.min_backlog:
+                away.append(group)
+        return away
+
+    async def _deliver_lane_away(self, lane: list[str], report: RunReport) -> None:
+        job = lanes.LaneJob(config=self.config, state_path=Path(self.store.path), run_id=report.run_id,   # type: ignore[attr-defined]
+                            targets=lane, definitions=self.definitions(),
+                            log_levels={name: logging.getLogger(name or None).level for name in ("", "httpx", "zeep")},
+                            parent_pid=os.getpid())
+        process = await lanes.LaneProcess.start(job, self.progress)
+        self.lane_pids.append(process.pid)
+        log.info("delivering to %s in process %d", ", ".join(lane), process.pid,
+                 extra={"event": "lane_started"})
+        outcome = await process.wait(self.stop)
+        if outcome is None:
+            for name in lane:
+                treport = report.targets[name]
+                treport.error = (f"its delivery process (pid {process.pid}) ended with exit code "
+                                 f"{process.returncode} before it reported; its in_flight items are "
+                                 f"reconciled on the next run")
+                treport.in_flight = self.store.count_in_state(name, DeliveryState.IN_FLIGHT)
+                log.error("target %s: %s", name, treport.error, extra={"target": name, "event": "target_error"})
+            return
+        for name, fields in outcome.targets.items():
+            treport = report.targets[name]
+            for key, value in fields.items():
+                if key != "planned":            # planning happened here
+                    setattr(treport, key, value)
+        if outcome.interrupted and not report.interrupted:
+            report.interrupted = outcome.interrupted
 
     async def _deliver_target(self, name: str, target: Target, report: RunReport) -> None:
         treport = report.targets[name]

@@ -65,10 +65,14 @@ async def _on_response(response: httpx.Response) -> None:
     started = response.request.extensions.get(_STARTED)
     if started is None:
         return
-    seconds = time.perf_counter() - started
+    report_request(response.request, response, time.perf_counter() - started)
+
+
+def report_request(request: httpx.Request, response: httpx.Response, seconds: float) -> None:
+    """Tell every observer of an answered request (also one answered in a delivery process, mcsync.lanes)."""
     for observer in list(_observers):
         try:
-            observer(response.request, response, seconds)
+            observer(request, response, seconds)
         except Exception:  # an observer must never break a delivery
             _log.exception("a request observer failed")
 

@@ -99,6 +99,8 @@ class JsonFormatter(logging.Formatter):
             data["summary"] = summary
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:                      # formatted already (a record from a delivery process)
+            data["exception"] = record.exc_text
         return redact(json.dumps(data, ensure_ascii=False, default=str))
 
 

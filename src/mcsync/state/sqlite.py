@@ -97,6 +97,7 @@ class SqliteStateStore:
         self._lazy_writes = 0                    # ... and this many non-durable blocks
         self._deferring = False                  # inside deferred_commits()
         self._all_lazy = False                   # ... with every block non-durable by default
+        self._shared = False                     # ... with another process writing meanwhile
         self._max_age = self.LAZY_MAX_AGE        # ... committing at least this often (seconds)
         self._pending: list[tuple[str, tuple[Any, ...]]] = []   # buffered ledger steps, in order
         self._pending_since = 0.0                # ... the oldest one's (monotonic)
@@ -128,6 +129,11 @@ class SqliteStateStore:
     # `deferred_commits(all_blocks=True)` (planning) makes every block non-durable unless it says
     # otherwise, and commits every PLAN_MAX_AGE seconds: what planning writes is recomputed from the
     # exports after a crash (their fingerprints are committed after it), so a crash loses nothing.
+    #
+    # `deferred_commits(shared=True)` (another process delivers into the same file meanwhile, see
+    # mcsync.lanes): ledger steps are still buffered in memory, but whatever reaches the file is
+    # committed before the call returns, so this process never holds SQLite's write lock between
+    # calls, and never while it waits for a remote system.
     LAZY_MAX_AGE = 1.0
     PLAN_MAX_AGE = 5.0
     LAZY_MAX_WRITES = 20_000
@@ -171,8 +177,8 @@ class SqliteStateStore:
                 if savepoint:
                     self.conn.execute("RELEASE block")
                 if self._ledger_depth == 0 and (
-                        self._must_commit or not self._deferring or self._lazy_writes >= self.LAZY_MAX_WRITES
-                        or self._age() > self._max_age):
+                        self._must_commit or not self._deferring or self._shared
+                        or self._lazy_writes >= self.LAZY_MAX_WRITES or self._age() > self._max_age):
                     self._commit()
 
     def _age(self) -> float:
@@ -184,19 +190,21 @@ class SqliteStateStore:
         self._open_since, self._must_commit, self._lazy_writes = None, False, 0
 
     @contextlib.contextmanager
-    def deferred_commits(self, *, all_blocks: bool = False) -> Iterator[None]:
+    def deferred_commits(self, *, all_blocks: bool = False, shared: bool = False) -> Iterator[None]:
         """Within this scope ledger steps are buffered and non-durable blocks commit together (see
-        above); all is committed at its end. `all_blocks`: every block counts as non-durable."""
+        above); all is committed at its end. `all_blocks`: every block counts as non-durable.
+        `shared`: another process writes to the file meanwhile; never keep the write lock between calls."""
         with self._lock:
             outer = not self._deferring
             if outer:
-                self._deferring, self._all_lazy = True, all_blocks
+                self._deferring, self._all_lazy, self._shared = True, all_blocks, shared
                 self._max_age = self.PLAN_MAX_AGE if all_blocks else self.LAZY_MAX_AGE
             try:
                 yield
             finally:
                 if outer:
-                    self._deferring, self._all_lazy, self._max_age = False, False, self.LAZY_MAX_AGE
+                    self._deferring, self._all_lazy, self._shared = False, False, False
+                    self._max_age = self.LAZY_MAX_AGE
                     self.flush()
 
     def flush(self) -> None:
@@ -223,8 +231,9 @@ class SqliteStateStore:
             self._settle()
 
     def _settle(self) -> None:
-        """Outside ledger blocks: commit the buffer now if it holds a begin(), or is old or large."""
-        due = self._must_commit          # a durable block ended inside a ledger block
+        """Outside ledger blocks: commit the buffer now if it holds a begin(), or is old or large (or,
+        `shared`, whatever a read inside the block wrote already)."""
+        due = self._must_commit or (self._shared and self._open_since is not None)
         if self._pending:
             due = due or (self._pending_durable or len(self._pending) >= self.LAZY_MAX_WRITES
                           or time.monotonic() - self._pending_since > self._max_age)
@@ -297,6 +306,8 @@ class SqliteStateStore:
         if self._pending:
             with self._lock:
                 self._apply_pending()
+                if self._shared and self._depth == 0 and self._ledger_depth == 0:
+                    self._commit()
 
     def stamp(self) -> str:
         """The time now as stored (`_TS`), formatted at most once per millisecond."""

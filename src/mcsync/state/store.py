@@ -160,10 +160,13 @@ class StateStore(Protocol):
     # transactions ---------------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Group writes into one commit; nested calls join the outer transaction."""
-    def deferred_commits(self, *, all_blocks: bool = False) -> contextlib.AbstractContextManager[None]:
+    def deferred_commits(self, *, all_blocks: bool = False,
+                         shared: bool = False) -> contextlib.AbstractContextManager[None]:
         """Ledger steps that need not be durable at once (all but begin()) may be committed together
         with the next durable one; everything is committed when the scope ends. `all_blocks`: every
-        write may be committed a few seconds later (planning, which a crash makes redo, not lose)."""
+        write may be committed a few seconds later (planning, which a crash makes redo, not lose).
+        `shared`: another process delivers into the same store meanwhile; what is written is
+        committed before the call returns, so no write lock is held between calls."""
 
     def flush(self) -> None:
         """Commit what deferred ledger steps left open."""

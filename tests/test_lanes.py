@@ -1,0 +1,234 @@
+"""Delivery lanes (mcsync.lanes): independent target groups delivered by processes of their own, against
+the sandbox on loopback. What must hold: each award and register entry exactly once, whatever the
+lane process does (finish, stop, die); its logs, progress and requests reach the main process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from mcsync import http
+from mcsync.config import Config, DeliverySettings
+from mcsync.engine import EXIT_NEEDS_PERSON, EXIT_OK, EXIT_UNAVAILABLE, Engine
+from mcsync.lanes import _ForwardingHandler, split
+from mcsync.log import JsonFormatter, register_secret
+from mcsync.state import SqliteStateStore
+
+from .e2e_helpers import institution
+
+PASSED = 11
+
+
+def with_delivery(config: Config, **settings: object) -> Config:
+    delivery = DeliverySettings.model_validate({"min_backlog": 1, **settings})
+    return Config(settings=config.settings.model_copy(update={"delivery": delivery}), path=config.path,
+                  base_dir=config.base_dir)
+
+
+class Recorder:
+    """A progress display that remembers what it was told, and can act on a phase's start."""
+
+    def __init__(self, on_start=None) -> None:
+        self.events: list[tuple[str, str, int | None]] = []
+        self.on_start = on_start
+
+    def start(self, phase: str, total: int | None) -> None:
+        self.events.append(("start", phase, total))
+        if self.on_start:
+            self.on_start(phase)
+
+    def advance(self, phase: str, n: int = 1) -> None:
+        self.events.append(("advance", phase, n))
+
+    def finish(self, phase: str) -> None:
+        self.events.append(("finish", phase, None))
+
+
+@pytest.fixture
+def inst(tmp_path):
+    with institution(tmp_path) as inst:
+        inst.config = with_delivery(inst.config)
+        yield inst
+
+
+def run(inst, **engine_options):
+    store = SqliteStateStore(inst.config.state_path)
+    try:
+        engine = Engine(inst.config, store, **engine_options)
+        return engine, engine.run()
+    finally:
+        store.close()
+
+
+def awards_once(inst) -> None:
+    """Every passed record is an award once and a register entry once; nothing else was made."""
+    edubadges = inst.sandbox.edubadges
+    per_learner = Counter((a.eppn, a.badgeclass) for a in edubadges.direct_awards())
+    assert len(per_learner) == PASSED and set(per_learner.values()) == {1}
+    assert len(inst.sandbox.duo.registrations) == PASSED
+
+
+def test_split_keeps_each_target_with_what_it_waits_for() -> None:
+    assert split({"rio": [], "edubadges": [], "duo": ["rio"]}) == [["rio", "duo"], ["edubadges"]]
+    assert split({"a": [], "b": ["a"], "c": ["b"], "d": []}) == [["a", "b", "c"], ["d"]]
+    assert split({"duo": ["rio"], "edubadges": []}) == [["duo"], ["edubadges"]]      # rio not chosen
+    assert split({}) == []
+
+
+def test_a_lane_process_delivers_its_targets_and_its_logs_progress_and_requests_reach_the_main_process(
+        inst, caplog) -> None:
+    seen: list[str] = []
+    undo = http.observe_requests(lambda request, response, seconds: seen.append(str(request.url)))
+    progress = Recorder()
+    try:
+        with caplog.at_level(logging.INFO):
+            engine, report = run(inst, progress=progress)
+    finally:
+        undo()
+    assert report.exit_code == EXIT_OK
+    assert len(engine.lane_pids) == 1
+    lane = engine.lane_pids[0]
+    assert lane != os.getpid()
+    assert report.targets["edubadges"].confirmed == PASSED           # reported by the lane
+    assert report.targets["edubadges"].planned == PASSED             # planned here, not overwritten
+    assert report.targets["duo"].confirmed == PASSED and report.targets["rio"].confirmed == 3
+    awards_once(inst)
+    # the lane's log lines were written here, with its process id
+    lane_lines = [r for r in caplog.records if r.process == lane]
+    assert any("edubadges: bundle" in r.getMessage() for r in lane_lines)
+    assert all(r.process == os.getpid() for r in caplog.records if "RIO" in r.getMessage())
+    # its progress: one phase, started with the backlog, advanced to it, finished
+    phase = [e for e in progress.events if e[1] == "deliver edubadges"]
+    assert phase[0] == ("start", "deliver edubadges", PASSED) and phase[-1][0] == "finish"
+    assert sum(n for kind, _, n in phase if kind == "advance") == PASSED
+    # its requests were observed here (metrics, watchdog)
+    edubadges_url = inst.config.target_table("edubadges")["api_url"]
+    assert any(url.startswith(edubadges_url) for url in seen)
+
+    writes = inst.sandbox.write_requests()
+    engine, again = run(inst)
+    assert again.exit_code == EXIT_OK and engine.lane_pids == []    # nothing due: no process started
+    assert inst.sandbox.write_requests() == writes
+
+
+def test_one_process_when_the_setting_says_so_or_the_backlog_is_small(tmp_path) -> None:
+    with institution(tmp_path / "one") as inst:
+        inst.config = with_delivery(inst.config, processes=1)
+        engine, report = run(inst)
+        assert report.exit_code == EXIT_OK and engine.lane_pids == []
+        awards_once(inst)
+    with institution(tmp_path / "small") as inst:
+        inst.config = with_delivery(inst.config, min_backlog=PASSED + 1)
+        engine, report = run(inst)
+        assert report.exit_code == EXIT_OK and engine.lane_pids == []
+        awards_once(inst)
+
+
+def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once(inst) -> None:
+    store = SqliteStateStore(inst.config.state_path)
+    try:
+        engine = Engine(inst.config, store)
+        engine.stop.set()                # as the daemon's signal handler does, before delivery starts
+        report = engine.run()
+    finally:
+        store.close()
+    assert len(engine.lane_pids) == 1
+    assert report.interrupted and report.exit_code == EXIT_UNAVAILABLE
+    assert report.targets["edubadges"].confirmed == 0
+    assert inst.sandbox.edubadges.direct_awards() == []
+    engine, again = run(inst)
+    assert again.exit_code == EXIT_OK and again.targets["edubadges"].confirmed == PASSED
+    awards_once(inst)
+
+
+def test_a_lane_process_that_dies_mid_delivery_leaves_its_items_to_the_next_run(inst) -> None:
+    killed: list[int] = []
+    engine_box: list[Engine] = []
+
+    def kill_after_the_bundle(request: httpx.Request, response: httpx.Response, seconds: float) -> None:
+        # runs here when the lane's answered POST is forwarded: the lane is between POST and confirm, or past it
+        if request.method == "POST" and "/directaward/" in str(request.url) and not killed:
+            pid = engine_box[0].lane_pids[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    undo = http.observe_requests(kill_after_the_bundle)
+    store = SqliteStateStore(inst.config.state_path)
+    try:
+        engine = Engine(inst.config, store)
+        engine_box.append(engine)
+        report = engine.run()
+    finally:
+        store.close()
+        undo()
+    assert killed, "the lane posted no bundle"
+    assert report.exit_code == EXIT_NEEDS_PERSON
+    assert "exit code -9" in (report.targets["edubadges"].error or "")
+    assert report.targets["duo"].confirmed == PASSED          # the other lane was not disturbed
+    engine, again = run(inst)
+    assert again.exit_code == EXIT_OK
+    awards_once(inst)                 # reconciled: found at Edubadges, not sent again
+    store = SqliteStateStore(inst.config.state_path)
+    try:
+        assert store.count_due("edubadges", datetime.now(UTC)) == 0
+    finally:
+        store.close()
+
+
+def test_shared_deferred_commits_never_keep_the_write_lock_between_calls(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    for shared in (False, True):
+        store = SqliteStateStore(path)
+        with store.transaction():
+            store.set_desired("t", [(f"k{shared}", "h")])
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            with store.deferred_commits(shared=shared):
+                ledger = store.ledger("t")
+                ledger.defer(f"k{shared}", reason="later")     # buffered
+                store.count_due("t", datetime.now(UTC))         # a read writes the buffer first
+                if shared:
+                    other.execute("BEGIN IMMEDIATE")            # the write lock is free
+                    other.execute("ROLLBACK")
+                else:
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        other.execute("BEGIN IMMEDIATE")
+            row = other.execute("SELECT note FROM deliveries WHERE key = ?", (f"k{shared}",)).fetchone()
+            assert row == ("later",)                     # committed when the scope ended, either way
+        finally:
+            other.close()
+            store.close()
+
+
+def test_a_forwarded_log_record_keeps_its_traceback_and_stays_redacted() -> None:
+    register_secret("s3cr3t-value-for-lanes")
+    sent: list[object] = []
+
+    class Outbox:
+        def send(self, message: object) -> None:
+            sent.append(message)
+
+    logger = logging.getLogger("mcsync.test.lanes")
+    handler = _ForwardingHandler(Outbox())  # type: ignore[arg-type]
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("token s3cr3t-value-for-lanes refused")
+        except ValueError:
+            logger.error("target %s failed", "edubadges", exc_info=True, extra={"target": "edubadges"})
+    finally:
+        logger.removeHandler(handler)
+    kind, record = sent[0]
+    assert kind == "log" and record.exc_info is None
+    line = json.loads(JsonFormatter().format(pickle.loads(pickle.dumps(record))))
+    assert line["message"] == "target edubadges failed" and line["target"] == "edubadges"
+    assert "ValueError" in line["exception"] and "s3cr3t-value-for-lanes" not in line["exception"]
