@@ -10,12 +10,14 @@ import os
 import pickle
 import signal
 import sqlite3
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from mcsync import engine as engine_module
 from mcsync import http
 from mcsync.config import Config, DeliverySettings
 from mcsync.engine import EXIT_NEEDS_PERSON, EXIT_OK, EXIT_UNAVAILABLE, Engine
@@ -29,7 +31,7 @@ PASSED = 11
 
 
 def with_delivery(config: Config, **settings: object) -> Config:
-    delivery = DeliverySettings.model_validate({"min_backlog": 1, **settings})
+    delivery = DeliverySettings.model_validate({"min_backlog": 1, "processes": 2, **settings})
     return Config(settings=config.settings.model_copy(update={"delivery": delivery}), path=config.path,
                   base_dir=config.base_dir)
 
@@ -118,6 +120,35 @@ def test_a_lane_process_delivers_its_targets_and_its_logs_progress_and_requests_
     engine, again = run(inst)
     assert again.exit_code == EXIT_OK and engine.lane_pids == []    # nothing due: no process started
     assert inst.sandbox.write_requests() == writes
+
+
+def test_lanes_start_while_planning_goes_on_and_deliver_what_is_planned_later_too(inst, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(engine_module, "BATCH", 2)       # planning in many small batches, lanes checked between
+    monkeypatch.setattr(engine_module.Engine, "_read_source", _slowed(engine_module.Engine._read_source))
+    progress = Recorder()
+    with caplog.at_level(logging.INFO):
+        engine, report = run(inst, progress=progress)
+    assert report.exit_code == EXIT_OK
+    early = [r for r in caplog.records if getattr(r, "event", None) == "lane_started"]
+    assert len(early) == 2 and all("while planning goes on" in r.getMessage() for r in early)
+    assert len(engine.lane_pids) == 2
+    assert report.targets["edubadges"].confirmed == PASSED and report.targets["duo"].confirmed == PASSED
+    assert report.targets["rio"].confirmed == 3
+    awards_once(inst)
+    # the lane learnt its total when planning ended, and counted each item once
+    phase = [e for e in progress.events if e[1] == "deliver edubadges"]
+    assert phase[0] == ("start", "deliver edubadges", None)
+    assert sum(n for kind, _, n in phase if kind == "advance") == PASSED
+    engine, again = run(inst)
+    assert again.exit_code == EXIT_OK and again.changed == 0 and engine.lane_pids == []
+
+
+def _slowed(read_source):
+    """Reading takes a while (as a large export does), so that the lanes deliver in several passes."""
+    def slow(self, *args, **kwargs):
+        time.sleep(0.3)
+        return read_source(self, *args, **kwargs)
+    return slow
 
 
 def test_one_process_when_the_setting_says_so_or_the_backlog_is_small(tmp_path) -> None:

@@ -21,12 +21,13 @@ One run, in order:
    (`Target.desired`), and the store's outbox row for (target, key) is updated (`set_desired`):
    a changed desired hash re-queues the row; a row that is under way keeps its state, and the
    target settles it first. Catalogue targets (RIO) plan per microcredential definition in the
-   mapping files instead of per record.
+   mapping files instead of per record, before the records (the definitions are known up front).
 
 4. **Deliver.** Targets run side by side on one event loop; a target starts once the targets it
    depends on are done (the DUO register waits for RIO, whose unit codes it needs; Edubadges starts at
    once). With a large backlog, groups of targets that do not wait for each other are delivered in
-   processes of their own, a CPU core each (`mcsync.lanes`; setting `delivery.processes`). Ledger steps that need not be durable at once are committed in groups (see
+   processes of their own, a CPU core each (`mcsync.lanes`; setting `delivery.processes`); a group of
+   per-record targets starts during step 3, delivering what is planned so far. Ledger steps that need not be durable at once are committed in groups (see
    `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
    latest records, and records every step through its ledger (see mcsync.targets.base for the
    crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
@@ -205,6 +206,10 @@ class Engine:
         self._stood_in = transports is not None or sleep is not None
         self._lane: set[str] | None = None          # in a lane process: only these targets
         self._given_definitions: dict[str, MicrocredentialDefinition] | None = None
+        self._planned: threading.Event | None = None   # in a lane process started during planning
+        self._lane_plan: tuple[list[list[str]], int] | None = None   # (groups, at most this many processes)
+        self._lanes: list[lanes.LaneProcess] = []   # lane processes of the run in hand
+        self._lanes_checked = 0.0
         self.lane_pids: list[int] = []              # delivery processes started by this engine
 
     # ------------------------------------------------------------------ targets
@@ -262,6 +267,8 @@ class Engine:
     def _run(self, report: RunReport, *, dry_run: bool, sources: Sequence[str], only_targets: Sequence[str],
              since: date | None, until: date | None, kind: str, full: bool) -> RunReport:
         report.run_id = self.store.start_run("dry-run" if dry_run else kind)
+        self._lanes, self._lanes_checked = [], 0.0
+        self._lane_plan = None if dry_run else self._plan_lanes(only_targets)
         try:
             if dry_run:
                 with self.store.scratch():
@@ -271,31 +278,37 @@ class Engine:
                 # what planning writes is recomputed after a crash: committed every few seconds
                 with self.store.deferred_commits(all_blocks=True):
                     self._read_and_plan(report, sources, since, until, full)
+                self._start_lanes(report, planning=False)
+                definitions = self.definitions()
+                for lane in self._lanes:
+                    lane.planned(definitions)
         except BaseException:
+            for lane in self._lanes:
+                lane.close()
             asyncio.run(self._close_targets())
             raise
-        away = [] if dry_run else self._lanes_away(only_targets)
         # delivery and closing share one event loop: the targets' connection pools belong to it
-        with self.store.deferred_commits(shared=bool(away)):
-            asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run, away=away))
+        with self.store.deferred_commits(shared=bool(self._lanes)):
+            asyncio.run(self._deliver_and_close(report, only_targets, deliver=not dry_run))
         report.exit_code = self._exit_code(report)
         self.store.finish_run(report.run_id, report.exit_code, report.as_dict())
         return report
 
-    async def _deliver_and_close(self, report: RunReport, only_targets: Sequence[str], *, deliver: bool,
-                                 away: Sequence[list[str]] = ()) -> None:
+    async def _deliver_and_close(self, report: RunReport, only_targets: Sequence[str], *, deliver: bool) -> None:
         try:
             if deliver:
-                await self._deliver_all(report, only_targets, away)
+                await self._deliver_all(report, only_targets)
         finally:
             await self._close_targets()
 
     def deliver_lane(self, run_id: str, names: Sequence[str], definitions: dict[str, MicrocredentialDefinition],
-                     ) -> tuple[dict[str, TargetReport], str | None]:
+                     planned: threading.Event | None = None) -> tuple[dict[str, TargetReport], str | None]:
         """In a lane process (mcsync.lanes): step 4 for these targets of run `run_id`, which the main
-        process planned. Returns their reports, and why delivery stopped early if it did."""
+        process plans. `planned` is set once planning is over (None: it is). Returns the targets'
+        reports, and why delivery stopped early if it did."""
         self._lane = set(names)
-        self._given_definitions = dict(definitions)
+        self._given_definitions = definitions        # kept: the final ones are added when planning ends
+        self._planned = planned
         report = RunReport(run_id=run_id)
         report.targets = {name: TargetReport() for name in self.targets()}
         with _fewer_collections(), self.store.deferred_commits(shared=True):
@@ -370,9 +383,12 @@ class Engine:
         self.store.clear_seen()           # what this run reads, with each record's winning rank (`result_rank`)
         partial = since is not None or until is not None
         read_in_full: dict[str, str | None] = {}
-        for source in self.config.settings.sources:
-            if not source.enabled or (only_sources and source.name not in only_sources):
-                continue
+        chosen = [source for source in self.config.settings.sources
+                  if source.enabled and (not only_sources or source.name in only_sources)]
+        for source in chosen:                 # the definitions, for catalogue targets: planned first, so
+            self._mapping_or_none(source)     # that a lane with RIO can deliver while records are planned
+        self._plan_catalogue(report)
+        for source in chosen:
             key = f"source:{source.name}"
             fp = None if partial else self._source_fingerprint(source, base)
             if fp is not None and not full and self.store.input_fingerprint(key) == fp:
@@ -389,7 +405,6 @@ class Engine:
             # a source the guard stopped is read again next time, so that a decision can still follow
             if fp is not None and name not in refused:
                 self.store.set_input_fingerprint(f"source:{name}", fp, report.run_id)
-        self._plan_catalogue(report)
 
     def _withdraw_vanished(self, report: RunReport, sources: list[str]) -> set[str]:
         """Records that were read from a source before but are in none of this run's exports are
@@ -489,6 +504,7 @@ class Engine:
                 if len(rows) >= BATCH:
                     self._map_batch(rows, mapping, report, stats, problems, base)
                     rows = []
+                    self._start_lanes(report, planning=True)
         except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
             complete = False
             log.exception("source %s stopped while reading", source.name, extra={"source": source.name})
@@ -584,18 +600,18 @@ class Engine:
         if not changed:
             return
         held = {rid: hold for rid in changed_ids if (hold := stored.get(rid)) is not None and hold.hold}
+        back = [rid for rid, s in held.items() if s.hold == "vanished"]
+        revoked = {rid for rid, s in held.items() if s.hold == "revoked"}
+        # what each target wants, worked out before the write lock is taken (a lane process may be waiting)
+        wanted = {name: [(rid, None if rid in revoked else target.desired(rec))
+                         for rid, (rec, _, _) in zip(changed_ids, changed)]
+                  for name, target in self.targets().items() if target.unit == "record"}
         with self.store.transaction():
-            back = [rid for rid, s in held.items() if s.hold == "vanished"]
             if back:                              # in the export again: planned like any other record
                 self.store.set_hold(back, None)
-            revoked = {rid for rid, s in held.items() if s.hold == "revoked"}
             self.store.put_records(changed, report.run_id)
-            for name, target in self.targets().items():
-                if target.unit != "record":
-                    continue
-                wanted = [(rid, None if rid in revoked else target.desired(rec))
-                          for rid, (rec, _, _) in zip(changed_ids, changed)]
-                report.targets[name].planned += self.store.set_desired(name, wanted)
+            for name, rows in wanted.items():
+                report.targets[name].planned += self.store.set_desired(name, rows)
 
     def _plan_catalogue(self, report: RunReport) -> None:
         """Catalogue targets plan per microcredential definition of the mappings read in this run."""
@@ -627,15 +643,14 @@ class Engine:
         if self.stop.is_set():
             raise ShutdownRequested("stopping: a shutdown was requested during a wait")
 
-    async def _deliver_all(self, report: RunReport, only_targets: Sequence[str],
-                           away: Sequence[list[str]] = ()) -> None:
+    async def _deliver_all(self, report: RunReport, only_targets: Sequence[str]) -> None:
         """Each target starts as soon as the targets it depends on are done; the others run side by side.
-        The lanes in `away` are delivered by processes of their own (mcsync.lanes).
+        The targets of the run's lane processes are theirs (mcsync.lanes): this waits for them.
 
         Safe on one store: every ledger call runs on this event loop's thread, and no target awaits
         inside a ledger transaction, so two targets' writes never interleave within a block.
         """
-        elsewhere = {name for lane in away for name in lane}
+        elsewhere = {name for lane in self._lanes for name in lane.targets}
         chosen = {name: target for name, target in self.targets().items()
                   if (not only_targets or name in only_targets) and name not in elsewhere}
         done: dict[str, asyncio.Event] = {name: asyncio.Event() for name in chosen}
@@ -651,39 +666,62 @@ class Engine:
                 done[name].set()
 
         await asyncio.gather(*(deliver(name, target) for name, target in chosen.items()),
-                             *(self._deliver_lane_away(lane, report) for lane in away))
+                             *(self._await_lane(lane, report) for lane in self._lanes))
 
-    def _lanes_away(self, only_targets: Sequence[str]) -> list[list[str]]:
-        """The lanes to deliver in processes of their own: all but the first, each with at least
-        `delivery.min_backlog` items due, as many as `delivery.processes` allows (see mcsync.lanes)."""
+    def _plan_lanes(self, only_targets: Sequence[str]) -> tuple[list[list[str]], int] | None:
+        """The lanes of this run's targets and how many processes may deliver them; None if all stays
+        in this process (a store other than a SQLite file, remote systems stood in for, one core or
+        `delivery.processes = 1`, one lane)."""
         from .state.sqlite import SqliteStateStore
 
         settings = self.config.settings.delivery
         if self._stood_in or not isinstance(self.store, SqliteStateStore) or str(self.store.path) == ":memory:":
-            return []
+            return None
         chosen = {name: target for name, target in self.targets().items()
                   if not only_targets or name in only_targets}
         groups = lanes.split({name: list(target.depends_on) for name, target in chosen.items()})
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         limit = min(len(groups), cores if settings.processes == "auto" else settings.processes)
-        now = datetime.now(UTC)
-        away: list[list[str]] = []
-        for group in groups[1:]:
-            if 1 + len(away) >= limit:
-                break
-            if sum(self.store.count_due(name, now) for name in group) >= settings.min_backlog:
-                away.append(group)
-        return away
+        return (groups, limit) if limit > 1 else None
 
-    async def _deliver_lane_away(self, lane: list[str], report: RunReport) -> None:
-        job = lanes.LaneJob(config=self.config, state_path=Path(self.store.path), run_id=report.run_id,   # type: ignore[attr-defined]
-                            targets=lane, definitions=self.definitions(),
-                            log_levels={name: logging.getLogger(name or None).level for name in ("", "httpx", "zeep")},
-                            parent_pid=os.getpid())
-        process = await lanes.LaneProcess.start(job, self.progress)
-        self.lane_pids.append(process.pid)
-        log.info("delivering to %s in process %d", ", ".join(lane), process.pid,
-                 extra={"event": "lane_started"})
+    def _start_lanes(self, report: RunReport, *, planning: bool) -> None:
+        """Start a process for each lane with at least `delivery.min_backlog` items due, as many as
+        allowed. While `planning` (checked at most once a second) any lane may start: this process is
+        busy planning. After planning the first lane not started stays here."""
+        if self._lane_plan is None:
+            return
+        groups, limit = self._lane_plan
+        if len(self._lanes) >= limit:
+            return
+        if planning:
+            if time.monotonic() - self._lanes_checked < 1.0:
+                return
+            self._lanes_checked = time.monotonic()
+        started = {name for lane in self._lanes for name in lane.targets}
+        waiting = [group for group in groups if group[0] not in started]
+        if not planning:
+            waiting, limit = waiting[1:], limit - 1
+        now = datetime.now(UTC)
+        for group in waiting:
+            if len(self._lanes) >= limit:
+                break
+            if sum(self.store.count_due(name, now) for name in group) < self.config.settings.delivery.min_backlog:
+                continue
+            if planning:
+                self.store.share_writes()     # from now on the lane writes too: no lock kept between calls
+            job = lanes.LaneJob(config=self.config, state_path=Path(self.store.path),   # type: ignore[attr-defined]
+                                run_id=report.run_id, targets=group, definitions=self.definitions(),
+                                log_levels={name: logging.getLogger(name or None).level
+                                            for name in ("", "httpx", "zeep")},
+                                parent_pid=os.getpid(), planning=planning)
+            lane = lanes.LaneProcess.start(job, self.progress)
+            self._lanes.append(lane)
+            self.lane_pids.append(lane.pid)
+            log.info("delivering to %s in process %d%s", ", ".join(group), lane.pid,
+                     " while planning goes on" if planning else "", extra={"event": "lane_started"})
+
+    async def _await_lane(self, process: lanes.LaneProcess, report: RunReport) -> None:
+        lane = process.targets
         outcome = await process.wait(self.stop)
         if outcome is None:
             for name in lane:
@@ -705,16 +743,31 @@ class Engine:
     async def _deliver_target(self, name: str, target: Target, report: RunReport) -> None:
         treport = report.targets[name]
         phase = f"deliver {name}"
-        now = datetime.now(UTC)
-        self.progress.start(phase, self.store.count_due(name, now))
+        planned = self._planned          # set: planning is over (a lane started during planning, see mcsync.lanes)
+        # a catalogue target's work was planned before any record: one pass
+        early = planned is not None and not planned.is_set() and target.unit == "record"
+        self.progress.start(phase, None if early else self.store.count_due(name, datetime.now(UTC)))
         ledger = CountingLedger(self.store.ledger(name), treport, self.progress, phase)
         started = time.monotonic()
+        handled: set[tuple[str, str | None]] = set()    # (key, desired hash) handled in an earlier pass
         try:
-            # due work is streamed a chunk at a time (memory stays flat, whatever the backlog)
-            for chunk in self._work_chunks(self.store.work(name, now), target):
-                if self.stop.is_set():
-                    raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
-                await target.deliver(chunk, ledger)
+            while True:
+                last = not early or planned is None or planned.is_set()
+                rows: Iterable[DeliveryRow] = self.store.work(name, datetime.now(UTC))
+                if early:
+                    if last:                # now the total is known
+                        resize = getattr(self.progress, "resize", None)
+                        if resize is not None:
+                            resize(phase, len(handled) + self.store.count_due(name, datetime.now(UTC)))
+                    rows = _once_per_run(rows, handled)
+                # due work is streamed a chunk at a time (memory stays flat, whatever the backlog)
+                for chunk in self._work_chunks(rows, target):
+                    if self.stop.is_set():
+                        raise ShutdownRequested("stopping between deliveries: a shutdown was requested")
+                    await target.deliver(chunk, ledger)
+                if last:
+                    break
+                await self._planning_pause(planned)
             finish = getattr(target, "finish", None)     # optional: e.g. read the reports of what was sent
             if finish is not None:
                 await finish(ledger)
@@ -734,6 +787,15 @@ class Engine:
             treport.seconds = round(time.monotonic() - started, 3)
             self.progress.finish(phase)
         treport.in_flight = self.store.count_in_state(name, DeliveryState.IN_FLIGHT)
+
+    async def _planning_pause(self, planned: threading.Event | None, seconds: float = 0.5) -> None:
+        """Between passes of a lane started during planning: until more is planned, or planning is over."""
+        self.store.flush()
+        deadline = time.monotonic() + seconds
+        while not (planned is None or planned.is_set()) and time.monotonic() < deadline:
+            if self.stop.is_set():
+                raise ShutdownRequested("stopping: a shutdown was requested while planning went on")
+            await asyncio.sleep(0.05)
 
     def _work_chunks(self, rows: Iterable[DeliveryRow], target: Target) -> Iterator[list[WorkItem]]:
         """Due work in chunks, with the latest records or definitions attached."""
@@ -804,6 +866,15 @@ def _fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def _once_per_run(rows: Iterable[DeliveryRow], handled: set[tuple[str, str | None]]) -> Iterator[DeliveryRow]:
+    """The rows not handled in an earlier pass of this run with the same desired content."""
+    for row in rows:
+        mark = (row.key, row.desired_hash)
+        if mark not in handled:
+            handled.add(mark)
+            yield row
 
 
 def _dependency_order(targets: dict[str, Target]) -> Iterable[tuple[str, Target]]:

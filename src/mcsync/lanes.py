@@ -5,12 +5,18 @@ ledger steps to write), and CPython runs Python code on one core at a time. Targ
 on each other (Edubadges on one side, RIO and the DUO register that waits for it on the other) can use
 a core each.
 
-How a run uses them (`Engine._lanes_away`, after planning):
+How a run uses them (`Engine._start_lanes`):
 
 - The chosen targets are split into *lanes* (`split`): groups closed under `depends_on`, so a target
   travels with whatever it waits for. The first lane stays in the main process. Each further lane with
   at least `delivery.min_backlog` items due gets a process (`python -m mcsync.lanes`), at most
   `delivery.processes` processes in all ("auto": one per lane, at most one per CPU core).
+- A lane of per-record targets starts *while the main process is still planning*, as soon as its
+  backlog is large enough: it delivers what is planned (committed) so far, looks again every half
+  second, and after the main process sends `planned` it makes one last pass and finishes. A pass
+  skips the rows it has handled already with the same desired content, so each item is handled once
+  per run, and a record planned again meanwhile (changed content) is handled again. A lane with a
+  catalogue target (RIO plans per microcredential, at the end of planning) starts after planning.
 - The process opens the same state file with its own connection and delivers its lane as the main
   process would: the same targets, the same ledger, the same crash rules (mcsync.targets.base). No two
   processes deliver the same target, so they never change the same outbox row; SQLite orders their
@@ -18,7 +24,8 @@ How a run uses them (`Engine._lanes_away`, after planning):
   (`deferred_commits(shared=True)`), so neither waits for the other longer than one write.
 - The process sends back, over a pipe: its log records (written by the main process's handlers, so
   the journal gets one stream), its progress, every answered request (for the metrics and the
-  systemd watchdog), and at the end its targets' reports.
+  systemd watchdog), and at the end its targets' reports. The main process handles them in the
+  thread that reads the pipe, as they come (logging, progress displays and metrics are thread-safe).
 - Stopping: the main process sends `stop` when a shutdown is requested. The lane also stops on
   SIGTERM or SIGINT (systemd and a terminal signal the whole group): it finishes the delivery in hand,
   leaves the rest queued, and reports. A second signal ends it at once. It dies with the main process
@@ -93,6 +100,7 @@ class LaneJob:
     definitions: dict[str, MicrocredentialDefinition]   # the microcredentials the main process planned
     log_levels: dict[str, int]                           # by logger name ("" is the root)
     parent_pid: int
+    planning: bool = False                               # the main process is still planning: wait for `planned`
 
 
 @dataclass
@@ -105,19 +113,19 @@ class LaneOutcome:
 
 # ---------------------------------------------------------------------------- the main process's side
 class LaneProcess:
-    """The main process's handle on one lane process. Messages from it are handled on the event loop."""
+    """The main process's handle on one lane process. Its messages are handled by the reading thread."""
 
     def __init__(self, job: LaneJob, progress: Progress) -> None:
         self.job = job
+        self.targets = list(job.targets)
         self.outcome: LaneOutcome | None = None
         self._progress = progress
         self._stop_sent = False
+        self._finished = threading.Event()
 
     @classmethod
-    async def start(cls, job: LaneJob, progress: Progress) -> LaneProcess:
+    def start(cls, job: LaneJob, progress: Progress) -> LaneProcess:
         lane = cls(job, progress)
-        lane._loop = asyncio.get_running_loop()
-        lane._finished = asyncio.Event()
         down_read, down_write = os.pipe()
         up_read, up_write = os.pipe()
         try:
@@ -146,18 +154,20 @@ class LaneProcess:
         return self.process.returncode
 
     def _receive(self) -> None:
-        """Reader thread: every message is handed to the event loop, in order; the end of the pipe too."""
+        """Reader thread: every message is handled as it comes, in order, until the pipe ends."""
         try:
             while True:
                 message = self._up.recv()
-                self._loop.call_soon_threadsafe(self._dispatch, message)
+                try:
+                    self._dispatch(message)
+                except Exception:       # a display or an observer failed: the next messages still count
+                    log.exception("a message from delivery process %d could not be handled", self.pid)
         except (EOFError, OSError):
             pass
         except Exception:
-            log.exception("a message from delivery process %d could not be read", self.pid)
+            log.exception("the messages of delivery process %d could not be read", self.pid)
         finally:
-            with contextlib.suppress(RuntimeError):        # the loop is closed: nobody waits any more
-                self._loop.call_soon_threadsafe(self._finished.set)
+            self._finished.set()
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -166,7 +176,9 @@ class LaneProcess:
             logging.getLogger(record.name).handle(record)
         elif kind == "progress":
             _, method, args = message
-            getattr(self._progress, method)(*args)
+            show = getattr(self._progress, method, None)     # resize() is optional
+            if show is not None:
+                show(*args)
         elif kind == "request":
             _, method, url, status, seconds = message
             request = httpx.Request(method, url)
@@ -180,14 +192,18 @@ class LaneProcess:
             with contextlib.suppress(OSError):
                 self._down.send("stop")
 
+    def planned(self, definitions: dict[str, MicrocredentialDefinition]) -> None:
+        """Planning is over: what is due now is all there is for this run."""
+        with contextlib.suppress(OSError):        # it is gone already: `wait` tells
+            self._down.send(("planned", definitions))
+
     async def wait(self, stop: threading.Event) -> LaneOutcome | None:
         """Until the lane is done (forwarding a shutdown request); its outcome, or None if it died first."""
         try:
             while not self._finished.is_set():
                 if stop.is_set():
                     self.request_stop()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finished.wait(), 0.1)
+                await asyncio.sleep(0.05)
             while self.process.poll() is None:
                 await asyncio.sleep(0.01)
         finally:
@@ -235,6 +251,10 @@ class _PipeProgress:
 
     def start(self, phase: str, total: int | None) -> None:
         self._outbox.send(("progress", "start", (phase, total)))
+
+    def resize(self, phase: str, total: int) -> None:
+        self._flush()
+        self._outbox.send(("progress", "resize", (phase, total)))
 
     def advance(self, phase: str, n: int = 1) -> None:
         self._waiting[phase] = self._waiting.get(phase, 0) + n
@@ -293,11 +313,15 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _listen(inbox: Connection, stop: threading.Event) -> None:
-    """`stop` from the main process, or the end of the pipe (it is gone): stop."""
+def _listen(inbox: Connection, stop: threading.Event, planned: threading.Event,
+            definitions: dict[str, MicrocredentialDefinition]) -> None:
+    """`planned` (with the final definitions) and `stop` from the main process; the end of the pipe
+    (it is gone) means stop."""
     with contextlib.suppress(EOFError, OSError):
-        while inbox.recv() != "stop":
-            pass
+        while (message := inbox.recv()) != "stop":
+            if message[0] == "planned":
+                definitions.update(message[1])
+                planned.set()
     stop.set()
 
 
@@ -306,9 +330,15 @@ def main(argv: Sequence[str]) -> int:
     outbox = _Outbox(Connection(int(argv[1]), readable=False))
     job: LaneJob = inbox.recv()
     _die_with_parent(job.parent_pid)
-    stop = threading.Event()
+    if job.planning:
+        os.nice(5)
+    stop, planned = threading.Event(), threading.Event()
+    if not job.planning:
+        planned.set()
+    definitions = dict(job.definitions)
     _stop_on_signals(stop)
-    threading.Thread(target=_listen, args=(inbox, stop), name="lane-inbox", daemon=True).start()
+    threading.Thread(target=_listen, args=(inbox, stop, planned, definitions), name="lane-inbox",
+                     daemon=True).start()
 
     install_redaction()
     root = logging.getLogger()
@@ -326,7 +356,7 @@ def main(argv: Sequence[str]) -> int:
         store = SqliteStateStore(job.state_path)
         try:
             engine = Engine(job.config, store, stop=stop, progress=_PipeProgress(outbox))
-            reports, interrupted = engine.deliver_lane(job.run_id, job.targets, job.definitions)
+            reports, interrupted = engine.deliver_lane(job.run_id, job.targets, definitions, planned)
         finally:
             store.close()
     except Exception:

@@ -6,6 +6,8 @@ The engine calls a `Progress` at three kinds of moments:
                           "deliver <target>" (total = the items due for that target)
     advance(phase, n)     n more rows read, or n more items settled (delivered, withdrawn, submitted,
                           deferred or parked)
+    resize(phase, total)  the total is known now, or changed (optional: a delivery process started
+                          while planning went on learns its total when planning ends)
     finish(phase)         the phase is over (also when it stopped early)
 
 How progress is shown is the renderer's business, not the engine's:
@@ -42,6 +44,8 @@ class Progress(Protocol):
     def advance(self, phase: str, n: int = 1) -> None: ...
 
     def finish(self, phase: str) -> None: ...
+
+    def resize(self, phase: str, total: int) -> None: ...
 
 
 def _guarded(method: Callable[..., None]) -> Callable[..., None]:
@@ -82,6 +86,9 @@ class NoProgress(_Context):
         pass
 
     def finish(self, phase: str) -> None:
+        pass
+
+    def resize(self, phase: str, total: int) -> None:
         pass
 
 
@@ -149,6 +156,13 @@ class LineProgress(_Context):
             state = self._phases.pop(phase, None)
         if state is not None:
             self._emit(phase, state, now, finished=True)
+
+    @_guarded
+    def resize(self, phase: str, total: int) -> None:
+        with self._lock:
+            state = self._phases.get(phase)
+            if state is not None:
+                state.total = total
 
     def _emit(self, phase: str, state: _Phase, now: float, *, finished: bool) -> None:
         elapsed = now - state.started
@@ -259,6 +273,11 @@ class RichProgress:
         if phase in self._tasks:
             self._stop(phase)
             del self._tasks[phase]
+
+    @_guarded
+    def resize(self, phase: str, total: int) -> None:
+        if phase in self._tasks:
+            self.bars.update(self._tasks[phase], total=total)
 
     def _stop(self, phase: str) -> None:
         task_id = self._tasks[phase]

@@ -7,7 +7,9 @@ Durability choices, and why:
   loses at most the batch in hand (and that batch is in_flight, so it is reconciled, not re-sent).
 - Group commit where a crash cannot lose anything that matters (see "transactions" below): during
   delivery the ledger's steps after `begin()` wait in memory and are written together; planning
-  commits every few seconds. Both are redone or looked up after a crash, never sent twice.
+  commits every few seconds, with `synchronous=NORMAL` (WAL: a power cut loses the last commits, never
+  consistency; the next durable commit of any connection writes them to disk first). Both are redone
+  or looked up after a crash, never sent twice.
 - The file and its directory are private (0600/0700): the store holds personal data.
 - `temp_store=MEMORY`: SQLite needs no temp files outside the state directory (systemd sandboxes).
 - a 64 MiB page cache: at 100,000 records the hot tables would not fit SQLite's default 8 MiB.
@@ -199,6 +201,8 @@ class SqliteStateStore:
             if outer:
                 self._deferring, self._all_lazy, self._shared = True, all_blocks, shared
                 self._max_age = self.PLAN_MAX_AGE if all_blocks else self.LAZY_MAX_AGE
+                if all_blocks:       # nothing here must survive a power cut: commits need not wait for the disk
+                    self.conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 yield
             finally:
@@ -206,6 +210,16 @@ class SqliteStateStore:
                     self._deferring, self._all_lazy, self._shared = False, False, False
                     self._max_age = self.LAZY_MAX_AGE
                     self.flush()
+                    if all_blocks:
+                        self.conn.execute("PRAGMA synchronous = FULL")
+
+    def share_writes(self) -> None:
+        """Until the end of this `deferred_commits()` scope another process writes too: commit what is
+        open, and from now on keep no write lock between calls (as `shared=True`)."""
+        with self._lock:
+            if self._deferring:
+                self._shared = True
+            self.flush()
 
     def flush(self) -> None:
         """Write and commit what buffered ledger steps and non-durable blocks left open."""

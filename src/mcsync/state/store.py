@@ -160,6 +160,9 @@ class StateStore(Protocol):
     # transactions ---------------------------------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Group writes into one commit; nested calls join the outer transaction."""
+    def share_writes(self) -> None:
+        """Within `deferred_commits()`: from now on another process writes too (as `shared=True`)."""
+
     def deferred_commits(self, *, all_blocks: bool = False,
                          shared: bool = False) -> contextlib.AbstractContextManager[None]:
         """Ledger steps that need not be durable at once (all but begin()) may be committed together
