@@ -5,6 +5,8 @@ contract, not against the target."""
 from __future__ import annotations
 
 import ast
+import base64
+import uuid
 
 import httpx
 import pytest
@@ -82,6 +84,25 @@ def test_create_then_bundle_status_has_the_reference_shape() -> None:
         assert status["assertion_count"] == 1 and status["direct_award_count"] == 1
         unknown = http.get("/directaward/bundle/NoSuchBundle0000000000", headers=headers)
         assert unknown.status_code == 404 and unknown.content == b""
+
+
+def test_within_one_bundle_the_second_award_for_a_learner_is_refused_and_ids_are_uuid4s() -> None:
+    sim = simulator()
+    with client(sim) as http:
+        headers = auth(http)
+        made = http.post("/directaward/create", headers=headers, json=bundle_body(
+            award(s(7)), award(s(8)), award(s(7), "other@student.hz.nl")))
+        assert made.status_code == 201
+        assert [r["eppn"] for r in made.json()["un_successful_direct_award"]] == [s(7)]
+        by_email = http.post("/directaward/create", headers=headers, json=bundle_body(
+            {"recipient_email": "a@x.nl"}, {"recipient_email": "A@x.nl"}, {"recipient_email": "b@x.nl"},
+            identifier_type="email"))
+        assert [r["email"] for r in by_email.json()["un_successful_direct_award"]] == ["a@x.nl"]
+        for answer in (made, by_email):
+            entity = answer.json()["entity_id"]
+            as_uuid = uuid.UUID(bytes=base64.urlsafe_b64decode(entity + "=="))
+            assert len(entity) == 22 and as_uuid.version == 4 and as_uuid.variant == uuid.RFC_4122
+    assert len(sim.direct_awards()) == 4
 
 
 def test_duplicate_rule_blocks_only_an_unaccepted_award_so_a_claimed_one_gets_a_second() -> None:

@@ -28,6 +28,7 @@ answer late or answer something else) and `fail_introspection()`; they inspect w
 from __future__ import annotations
 
 import base64
+import os
 import binascii
 import fnmatch
 import json
@@ -35,7 +36,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -61,8 +61,12 @@ _HTML_500 = b"<!doctype html>\n<html lang=\"en\"><head><title>Server Error (500)
 
 
 def entity_id() -> str:
-    """22-character url-safe base64 of a UUID, like mainsite.utils.generate_entity_uri."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """22-character url-safe base64 of a random (version 4) UUID, like mainsite.utils.generate_entity_uri
+    (the UUID's bytes made directly: a bundle makes thousands)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40          # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80          # RFC 4122 variant
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 @dataclass
@@ -442,6 +446,7 @@ class EdubadgesSimulator:
         bundle = Bundle(entity_id(), badgeclass.entity_id, len(awards), identifier_type,
                         SCHEDULED if status == SCHEDULED else "Active", data.get("sis_user_id"), client_id, now)
         made: list[DirectAward] = []                           # one transaction: nothing kept unless committed
+        made_keys: set[str] = set()                            # ... and what of them blocks a later one
         refused: list[dict[str, Any]] = []
         for award in awards:
             if "recipient_email" not in award:
@@ -454,7 +459,7 @@ class EdubadgesSimulator:
                 if award["eppn"] is None:
                     raise _ServerError("'NoneType' object has no attribute 'lower'")
                 eppn = str(award["eppn"]).lower()
-            if self._unaccepted_duplicate(eppn, email, badgeclass.entity_id, identifier_type, made):
+            if self._unaccepted_duplicate(eppn, email, badgeclass.entity_id, identifier_type, made_keys):
                 refused.append({"error": f"DirectAward with eppn: {eppn} / email: {email} and status Unaccepted "
                                          f"already exists for badgeclass {badgeclass.name} ({badgeclass.pk}).",
                                 "eppn": eppn, "email": email})
@@ -463,6 +468,9 @@ class EdubadgesSimulator:
                 entity_id(), bundle.entity_id, badgeclass.entity_id, eppn, email, status, now,
                 now + timedelta(days=EXPIRY_DAYS), award.get("first_name") or None, award.get("surname") or None,
                 award.get("grade_achieved")))
+            key = eppn if identifier_type == "eppn" else email
+            if status == UNACCEPTED and key is not None:
+                made_keys.add(key)
         if not made:
             raise _ServerError(f"No valid DirectAwards are created. All of them were rejected: {refused!s}")
         self.bundles[bundle.entity_id] = bundle
@@ -528,19 +536,22 @@ class EdubadgesSimulator:
         return errors
 
     def _unaccepted_duplicate(self, eppn: str | None, email: str, badgeclass: str, identifier_type: str,
-                              made: list[DirectAward]) -> bool:
+                              made: set[str]) -> bool:
         """DirectAward.validate_unique: only an Unaccepted award of the same badge class blocks.
 
         Same eppn among awards of eppn bundles, or same e-mail address among awards of email bundles
-        (whatever the new award's own bundle type), the awards made earlier in this request included.
+        (whatever the new award's own bundle type), the awards made earlier in this request included:
+        `made` holds their eppns (eppn bundle) or e-mail addresses (email bundle) if they are Unaccepted.
         """
+        if (eppn if identifier_type == "eppn" else email) in made:
+            return True
         # the index holds every award that was Unaccepted when made; its current status decides
         candidates = set()
         if eppn is not None:
             candidates |= self._unaccepted.get((badgeclass, "eppn", eppn), set())
         candidates |= self._unaccepted.get((badgeclass, "email", email), set())
         stored = (self._direct_awards.get(da_id) for da_id in candidates)
-        for award in [*(a for a in stored if a is not None), *made]:
+        for award in (a for a in stored if a is not None):
             if award.badgeclass != badgeclass or award.status != UNACCEPTED:
                 continue
             bundle = self.bundles.get(award.bundle)
