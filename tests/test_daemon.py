@@ -189,3 +189,41 @@ def test_runs_on_schedule_reports_status_and_rereads_its_configuration_on_sighup
         assert "edubadges delivered 0 parked 0" in seen["second"]["STATUS"]   # nothing new: nothing sent
         assert "reload failed, previous configuration kept" in seen["broken"]["STATUS"]
         assert daemon.runs >= 3 and "exit 0" in seen["third"]["STATUS"]
+
+
+def test_sigterm_to_the_unit_stops_a_delivery_process_too_and_the_next_sync_finishes_once(
+        tmp_path, systemd, monkeypatch, capsys):
+    """systemd signals every process of the unit: the daemon and its delivery process (mcsync.lanes)
+    both finish the delivery in hand; none is left behind."""
+    with deployed(tmp_path, latency=0.2) as dep:
+        log_file = tmp_path / "daemon.log"
+        env = {**os.environ, **dep.env, "NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000",
+               "MCSYNC_DELIVERY__MIN_BACKLOG": "1", "MCSYNC_DELIVERY__PROCESSES": "2"}
+        env.pop("MCSYNC_CONFIG", None)
+        with open(log_file, "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "mcsync", "--config", str(dep.config_path),
+                                       "--log-format", "json", "daemon", "--interval", "3600"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        try:
+            systemd.wait_for("READY", within=15)
+            edubadges = dep.sandbox.counters["edubadges"]
+            wait_until(lambda: edubadges.writes >= 1, within=20, what="the first Edubadges write")
+            signalled = time.monotonic()
+            os.killpg(daemon.pid, signal.SIGTERM)            # as systemd stops a unit (KillMode=control-group)
+            assert daemon.wait(timeout=10) == 0
+            assert time.monotonic() - signalled < 10
+        finally:
+            if daemon.poll() is None:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+        lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+        started = [line for line in lines if line.get("event") == "lane_started"]
+        assert len(started) == 1 and "edubadges" in started[0]["message"]
+        lane = int(started[0]["message"].rsplit(" ", 1)[1])
+        with pytest.raises(ProcessLookupError):
+            os.kill(lane, 0)                                 # it ended (and was waited for)
+        # the lane's own lines came through the daemon's log, as JSON
+        assert any("edubadges: bundle" in line.get("message", "") for line in lines)
+        held = states(dep)
+        assert all(set(c) <= RESTARTABLE for c in held.values()), held
+        sync_again_and_check_everything_is_there_once(dep, monkeypatch, capsys)

@@ -143,6 +143,17 @@ def test_lanes_start_while_planning_goes_on_and_deliver_what_is_planned_later_to
     assert again.exit_code == EXIT_OK and again.changed == 0 and engine.lane_pids == []
 
 
+def test_with_during_planning_off_the_lanes_start_after_planning(inst, monkeypatch, caplog) -> None:
+    inst.config = with_delivery(inst.config, during_planning=False)
+    monkeypatch.setattr(engine_module, "BATCH", 2)
+    with caplog.at_level(logging.INFO):
+        engine, report = run(inst)
+    assert report.exit_code == EXIT_OK
+    started = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "lane_started"]
+    assert len(started) == 1 and "while planning" not in started[0]      # one process, the other lane here
+    awards_once(inst)
+
+
 def _slowed(read_source):
     """Reading takes a while (as a large export does), so that the lanes deliver in several passes."""
     def slow(self, *args, **kwargs):

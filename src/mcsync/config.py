@@ -126,6 +126,11 @@ class DeliverySettings(BaseModel):
     min_backlog: int = Field(default=5000, ge=1,
                              description="a group of targets gets a process of its own only with at least "
                                          "this many items due (a process costs about half a second to start)")
+    during_planning: bool = Field(
+        default=True, description="a process may start while the exports are still being read and planned, "
+                                  "delivering what is planned so far; a record that occurs in several rows "
+                                  "of one run (a resit) may then reach a target in an earlier version first, "
+                                  "corrected later in the same run. false: delivery starts after planning")
 
     @field_validator("processes")
     @classmethod

@@ -694,7 +694,7 @@ class Engine:
         if len(self._lanes) >= limit:
             return
         if planning:
-            if time.monotonic() - self._lanes_checked < 1.0:
+            if not self.config.settings.delivery.during_planning or time.monotonic() - self._lanes_checked < 1.0:
                 return
             self._lanes_checked = time.monotonic()
         started = {name for lane in self._lanes for name in lane.targets}

@@ -11,12 +11,14 @@ How a run uses them (`Engine._start_lanes`):
   travels with whatever it waits for. The first lane stays in the main process. Each further lane with
   at least `delivery.min_backlog` items due gets a process (`python -m mcsync.lanes`), at most
   `delivery.processes` processes in all ("auto": one per lane, at most one per CPU core).
-- A lane of per-record targets starts *while the main process is still planning*, as soon as its
-  backlog is large enough: it delivers what is planned (committed) so far, looks again every half
-  second, and after the main process sends `planned` it makes one last pass and finishes. A pass
-  skips the rows it has handled already with the same desired content, so each item is handled once
-  per run, and a record planned again meanwhile (changed content) is handled again. A lane with a
-  catalogue target (RIO plans per microcredential, at the end of planning) starts after planning.
+- A lane starts *while the main process is still planning*, as soon as its backlog is large enough
+  (the catalogue, RIO's work, is planned before any record): it delivers what is planned (committed)
+  so far, looks again every half second, and after the main process sends `planned` it makes one last
+  pass and finishes. A pass skips the rows it has handled already with the same desired content, so
+  each item is handled once per run, and a record planned again meanwhile (changed content) is
+  handled again. So a record that several rows of one run give (a resit) may reach a target in an
+  earlier version first, corrected in the same run, as if the export had been read in two runs;
+  `delivery.during_planning = false` starts the lanes after planning instead.
 - The process opens the same state file with its own connection and delivers its lane as the main
   process would: the same targets, the same ledger, the same crash rules (mcsync.targets.base). No two
   processes deliver the same target, so they never change the same outbox row; SQLite orders their
