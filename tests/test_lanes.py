@@ -20,10 +20,12 @@ import pytest
 from mcsync import engine as engine_module
 from mcsync import http
 from mcsync.config import Config, DeliverySettings
-from mcsync.engine import EXIT_NEEDS_PERSON, EXIT_OK, EXIT_UNAVAILABLE, Engine
-from mcsync.lanes import _ForwardingHandler, split
+from mcsync.engine import EXIT_NEEDS_PERSON, EXIT_OK, EXIT_UNAVAILABLE, Engine, _once_per_run
+from mcsync.lanes import LaneProcess, _ForwardingHandler, split
 from mcsync.log import JsonFormatter, register_secret
 from mcsync.state import SqliteStateStore
+from mcsync.state.store import DeliveryRow
+from mcsync.targets.base import DeliveryState, RemoteRef
 
 from .e2e_helpers import institution
 
@@ -84,6 +86,19 @@ def test_split_keeps_each_target_with_what_it_waits_for() -> None:
     assert split({"a": [], "b": ["a"], "c": ["b"], "d": []}) == [["a", "b", "c"], ["d"]]
     assert split({"duo": ["rio"], "edubadges": []}) == [["duo"], ["edubadges"]]      # rio not chosen
     assert split({}) == []
+
+
+def test_a_pass_skips_what_an_earlier_pass_handled_unless_it_was_planned_again_with_new_content() -> None:
+    def row(key: str, desired: str | None) -> DeliveryRow:
+        moment = datetime(2026, 1, 1, tzinfo=UTC)
+        return DeliveryRow("edubadges", key, DeliveryState.PENDING, desired, None, 0, RemoteRef(), None, None,
+                           None, moment, moment)
+
+    handled: set[tuple[str, str | None]] = set()
+    first = [r.key for r in _once_per_run([row("a", "h1"), row("b", "h1")], handled)]
+    second = [r.key for r in _once_per_run([row("a", "h1"), row("b", "h2"), row("c", None)], handled)]
+    third = [r.key for r in _once_per_run([row("a", "h1"), row("b", "h2"), row("c", None)], handled)]
+    assert (first, second, third) == (["a", "b"], ["b", "c"], [])
 
 
 def test_a_lane_process_delivers_its_targets_and_its_logs_progress_and_requests_reach_the_main_process(
@@ -175,11 +190,20 @@ def test_one_process_when_the_setting_says_so_or_the_backlog_is_small(tmp_path) 
         awards_once(inst)
 
 
-def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once(inst) -> None:
+def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once(inst, monkeypatch) -> None:
     store = SqliteStateStore(inst.config.state_path)
+    boxes: list[Engine] = []
+    start = LaneProcess.start
+
+    def start_then_stop(job, progress):
+        lane = start(job, progress)
+        boxes[0].stop.set()      # as the daemon's signal handler does, while the lane is starting up
+        return lane
+
+    monkeypatch.setattr(LaneProcess, "start", staticmethod(start_then_stop))
     try:
         engine = Engine(inst.config, store)
-        engine.stop.set()                # as the daemon's signal handler does, before delivery starts
+        boxes.append(engine)
         report = engine.run()
     finally:
         store.close()
@@ -187,6 +211,15 @@ def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once
     assert report.interrupted and report.exit_code == EXIT_UNAVAILABLE
     assert report.targets["edubadges"].confirmed == 0
     assert inst.sandbox.edubadges.direct_awards() == []
+    monkeypatch.undo()
+    store = SqliteStateStore(inst.config.state_path)   # stopped before delivery: no process is started at all
+    try:
+        engine = Engine(inst.config, store)
+        engine.stop.set()
+        stopped = engine.run()
+    finally:
+        store.close()
+    assert stopped.interrupted and engine.lane_pids == [] and inst.sandbox.edubadges.direct_awards() == []
     engine, again = run(inst)
     assert again.exit_code == EXIT_OK and again.targets["edubadges"].confirmed == PASSED
     awards_once(inst)

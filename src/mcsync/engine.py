@@ -690,6 +690,10 @@ class Engine:
         busy planning. After planning the first lane not started stays here."""
         if self._lane_plan is None:
             return
+        if self.stop.is_set():                  # a shutdown while planning goes on: the lanes stop now
+            for lane in self._lanes:
+                lane.request_stop()
+            return
         groups, limit = self._lane_plan
         if len(self._lanes) >= limit:
             return
