@@ -64,10 +64,13 @@ def inst(tmp_path):
         yield inst
 
 
-def run(inst, **engine_options):
+def run(inst, *, setup=None, **engine_options):
+    """One run on a fresh store connection; `setup(engine)` first, if given."""
     store = SqliteStateStore(inst.config.state_path)
     try:
         engine = Engine(inst.config, store, **engine_options)
+        if setup is not None:
+            setup(engine)
         return engine, engine.run()
     finally:
         store.close()
@@ -191,7 +194,6 @@ def test_one_process_when_the_setting_says_so_or_the_backlog_is_small(tmp_path) 
 
 
 def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once(inst, monkeypatch) -> None:
-    store = SqliteStateStore(inst.config.state_path)
     boxes: list[Engine] = []
     start = LaneProcess.start
 
@@ -201,24 +203,13 @@ def test_a_stop_reaches_the_lane_process_and_the_next_run_delivers_the_rest_once
         return lane
 
     monkeypatch.setattr(LaneProcess, "start", staticmethod(start_then_stop))
-    try:
-        engine = Engine(inst.config, store)
-        boxes.append(engine)
-        report = engine.run()
-    finally:
-        store.close()
+    engine, report = run(inst, setup=boxes.append)
     assert len(engine.lane_pids) == 1
     assert report.interrupted and report.exit_code == EXIT_UNAVAILABLE
     assert report.targets["edubadges"].confirmed == 0
     assert inst.sandbox.edubadges.direct_awards() == []
     monkeypatch.undo()
-    store = SqliteStateStore(inst.config.state_path)   # stopped before delivery: no process is started at all
-    try:
-        engine = Engine(inst.config, store)
-        engine.stop.set()
-        stopped = engine.run()
-    finally:
-        store.close()
+    engine, stopped = run(inst, setup=lambda engine: engine.stop.set())   # before delivery: no process at all
     assert stopped.interrupted and engine.lane_pids == [] and inst.sandbox.edubadges.direct_awards() == []
     engine, again = run(inst)
     assert again.exit_code == EXIT_OK and again.targets["edubadges"].confirmed == PASSED
@@ -237,13 +228,9 @@ def test_a_lane_process_that_dies_mid_delivery_leaves_its_items_to_the_next_run(
             killed.append(pid)
 
     undo = http.observe_requests(kill_after_the_bundle)
-    store = SqliteStateStore(inst.config.state_path)
     try:
-        engine = Engine(inst.config, store)
-        engine_box.append(engine)
-        report = engine.run()
+        engine, report = run(inst, setup=engine_box.append)
     finally:
-        store.close()
         undo()
     assert killed, "the lane posted no bundle"
     assert report.exit_code == EXIT_NEEDS_PERSON
