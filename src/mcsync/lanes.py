@@ -332,8 +332,6 @@ def main(argv: Sequence[str]) -> int:
     outbox = _Outbox(Connection(int(argv[1]), readable=False))
     job: LaneJob = inbox.recv()
     _die_with_parent(job.parent_pid)
-    if job.planning:
-        os.nice(5)
     stop, planned = threading.Event(), threading.Event()
     if not job.planning:
         planned.set()
