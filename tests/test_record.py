@@ -79,3 +79,18 @@ def test_directory_is_authoritative_and_export_fills_gaps():
     directory = Learner(student_number="1", given_name="Samuel", family_name="Jansen")
     merged = export.merged_with(directory)
     assert merged.given_name == "Samuel" and merged.family_name == "Jansen" and merged.email == "sam@outlook.com"
+
+
+def test_stable_hash_is_sha256_of_canonical_json_whatever_the_values() -> None:
+    import datetime
+    import decimal
+    import hashlib
+    import json
+
+    from mcsync.record import stable_hash
+
+    value = {"b": [1, 2.5, None, True], "a": "ë\u2028x", "d": datetime.date(2024, 1, 2),
+             "z": {"y": decimal.Decimal("7.50"), "x": "é"}}
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    assert stable_hash(value) == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})

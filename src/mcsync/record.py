@@ -451,7 +451,11 @@ def definition_digest(definition: MicrocredentialDefinition) -> str:
     return value
 
 
+#: What `stable_hash` writes: `json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+#: default=str)` is exactly this encoder's `encode(data)`; made once, not per call (it runs per record).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def stable_hash(data: Any) -> str:
     """SHA-256 over canonical JSON; used for every 'did this change?' comparison."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(data).encode("utf-8")).hexdigest()
