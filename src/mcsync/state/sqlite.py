@@ -45,6 +45,8 @@ from .schema import migrate
 from .store import DeliveryRow, Failure, Problem, RunInfo, StoredRecord
 
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: `json.dumps(data, separators=(",", ":"))`, with the encoder made once (a ledger step writes one per item)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _CHUNK = 500  # SQLite's parameter limit is 32766; keep IN (...) lists modest
 _OPEN = (DeliveryState.PENDING, DeliveryState.IN_FLIGHT, DeliveryState.SUBMITTED)
 
@@ -731,8 +733,7 @@ class SqliteLedger:
 
     @staticmethod
     def _remote_params(remote: RemoteRef) -> list[Any]:
-        return [remote.remote_id, remote.correlation_id,
-                json.dumps(remote.data, separators=(",", ":")) if remote.data else "{}"]
+        return [remote.remote_id, remote.correlation_id, _COMPACT.encode(remote.data) if remote.data else "{}"]
 
     def begin(self, keys: Sequence[str], *, correlation_id: str | None = None,
               data: dict[str, Any] | None = None) -> None:
