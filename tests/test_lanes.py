@@ -140,6 +140,17 @@ def test_a_lane_process_delivers_its_targets_and_its_logs_progress_and_requests_
     assert inst.sandbox.write_requests() == writes
 
 
+def test_a_run_with_a_lane_process_leaves_no_pipe_open(inst) -> None:
+    def pipes() -> int:
+        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:") for fd in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    before = pipes()
+    engine, report = run(inst)
+    assert report.exit_code == EXIT_OK and len(engine.lane_pids) == 1
+    assert pipes() == before          # a daemon runs for years: each run's pipes are closed when it ends
+
+
 def test_lanes_start_while_planning_goes_on_and_deliver_what_is_planned_later_too(inst, monkeypatch, caplog) -> None:
     monkeypatch.setattr(engine_module, "BATCH", 2)       # planning in many small batches, lanes checked between
     monkeypatch.setattr(engine_module.Engine, "_read_source", _slowed(engine_module.Engine._read_source))

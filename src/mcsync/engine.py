@@ -26,9 +26,9 @@ One run, in order:
 4. **Deliver.** Targets run side by side on one event loop; a target starts once the targets it
    depends on are done (the DUO register waits for RIO, whose unit codes it needs; Edubadges starts at
    once). With a large backlog, groups of targets that do not wait for each other are delivered in
-   processes of their own, a CPU core each (`mcsync.lanes`; setting `delivery.processes`); a group of
-   per-record targets starts during step 3, delivering what is planned so far. Ledger steps that need not be durable at once are committed in groups (see
-   `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
+   processes of their own, a CPU core each (`mcsync.lanes`; `[delivery]` settings); such a process may
+   start during step 3 and deliver what is planned so far. Ledger steps that need not be durable at
+   once are committed in groups (see `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
    latest records, and records every step through its ledger (see mcsync.targets.base for the
    crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
    its work queued; an unexpected error in a target is logged and leaves its items as they are
@@ -756,7 +756,7 @@ class Engine:
         handled: set[tuple[str, str | None]] = set()    # (key, desired hash) handled in an earlier pass
         try:
             while True:
-                last = not early or planned is None or planned.is_set()
+                last = not early or planned.is_set()    # type: ignore[union-attr]   (early: planned is set up)
                 rows: Iterable[DeliveryRow] = self.store.work(name, datetime.now(UTC))
                 if early:
                     if last:                # now the total is known
@@ -771,7 +771,7 @@ class Engine:
                     await target.deliver(chunk, ledger)
                 if last:
                     break
-                await self._planning_pause(planned)
+                await self._planning_pause(planned)    # type: ignore[arg-type]
             finish = getattr(target, "finish", None)     # optional: e.g. read the reports of what was sent
             if finish is not None:
                 await finish(ledger)
@@ -792,11 +792,11 @@ class Engine:
             self.progress.finish(phase)
         treport.in_flight = self.store.count_in_state(name, DeliveryState.IN_FLIGHT)
 
-    async def _planning_pause(self, planned: threading.Event | None, seconds: float = 0.5) -> None:
+    async def _planning_pause(self, planned: threading.Event, seconds: float = 0.5) -> None:
         """Between passes of a lane started during planning: until more is planned, or planning is over."""
         self.store.flush()
         deadline = time.monotonic() + seconds
-        while not (planned is None or planned.is_set()) and time.monotonic() < deadline:
+        while not planned.is_set() and time.monotonic() < deadline:
             if self.stop.is_set():
                 raise ShutdownRequested("stopping: a shutdown was requested while planning went on")
             await asyncio.sleep(0.05)

@@ -211,6 +211,7 @@ class LaneProcess:
         finally:
             if self.process.poll() is None:        # we were cancelled: the lane stops too
                 self.close()
+            self._close_pipes()
         return self.outcome
 
     def close(self) -> None:
@@ -224,7 +225,13 @@ class LaneProcess:
             self.process.kill()
             self.process.wait()
         finally:
-            self._down.close()
+            self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Both ends this process holds (idempotent): a daemon runs for years, one run after another."""
+        self._down.close()
+        if self._finished.is_set():               # the reading thread is done with its end
+            self._up.close()
 
 
 # ---------------------------------------------------------------------------- the lane process's side
