@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -461,7 +462,7 @@ async def test_reports_are_polled_within_the_budget_and_read_back_next_run(store
 
 
 @asynctest
-async def test_the_reports_of_every_chunk_are_read_together_after_the_last_one(store, issuer) -> None:
+async def test_deliveries_still_in_processing_are_waited_for_once_after_the_last_chunk(store, issuer) -> None:
     clock = Clock()
     sim = DuoRegisterSimulator(processing_delay=30, clock=clock)
     h = Harness(store, issuer, sim=sim, clock=clock, poll_budget=40, batch_size=1)
@@ -470,6 +471,53 @@ async def test_the_reports_of_every_chunk_are_read_together_after_the_last_one(s
     await h.deliver(chunk=1)
     assert sim.posts == 3 and clock.waits == [30.0]      # one wait for all three, not one per chunk
     assert set(h.states().values()) == {DeliveryState.SYNCED}
+    await h.aclose()
+
+
+class ReportAsks(httpx.AsyncBaseTransport):
+    """Passes requests to the simulator and counts the report requests per leveringId."""
+
+    def __init__(self, sim: DuoRegisterSimulator) -> None:
+        self.inner = mock_transport(sim, prefix=MOUNT)
+        self.asked: Counter[str] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "/leveringen/" in request.url.path:
+            self.asked[request.url.path.rsplit("/", 1)[1]] += 1
+        return await self.inner.handle_async_request(request)
+
+
+@asynctest
+async def test_a_processed_report_is_read_at_the_next_chunk_and_one_in_processing_after_its_retry_after(
+        store, issuer) -> None:
+    clock = Clock()
+    sim = DuoRegisterSimulator(processing_delay=30, clock=clock)
+    asks = ReportAsks(sim)
+    h = Harness(store, issuer, sim=sim, clock=clock, transport=asks, batch_size=1)
+    h.confirm_rio()
+    records = passed(issuer, 3)
+    h.plan(*records)
+    items = sorted(h.work(), key=lambda item: item.key)
+    first, second, third = (item.key for item in items)
+    ledger = store.ledger("duo")
+
+    await h.target.deliver(items[:1], ledger)
+    assert h.state(first) is DeliveryState.SUBMITTED and not asks.asked
+    clock.advance(30)                                     # the register has processed the first delivery
+    await h.target.deliver(items[1:2], ledger)
+    assert h.state(first) is DeliveryState.SYNCED         # read at the start of this chunk, without waiting
+    assert h.state(second) is DeliveryState.SUBMITTED and clock.waits == []
+    await h.target.deliver(items[2:], ledger)             # the second is asked: still in processing (30 s)
+    await h.target.deliver([], ledger)                    # ... and not asked again before its Retry-After
+    levering = {key: h.row(key).remote.correlation_id for key in (first, second, third)}
+    assert asks.asked[levering[first]] == 1 and asks.asked[levering[second]] == 1
+    assert asks.asked[levering[third]] == 1               # posted in the last chunk: asked at this one
+    assert h.state(second) is DeliveryState.SUBMITTED and h.state(third) is DeliveryState.SUBMITTED
+
+    await h.target.finish(ledger)                         # the rest: waited for once
+    assert clock.waits == [30.0]
+    assert set(h.states().values()) == {DeliveryState.SYNCED} and sim.posts == 3
+    assert asks.asked[levering[first]] == 1               # an applied report is not asked for again
     await h.aclose()
 
 

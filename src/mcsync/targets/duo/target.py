@@ -32,11 +32,15 @@ Algorithm (one `deliver()` call)
    (`client.py`; the policy per answer is the table in `errors.py`); 202 →
    `submitted`. 413 and XSD errors split the batch (a lone culprit is parked); 409 is a bug signal
    (logged at ERROR, parked, never re-sent); 401/403 stop the target for the run.
-5. The deliveries posted in this run are polled in `finish()`, which the engine calls after its last
-   chunk (so a run of many chunks waits for reports once, not once per chunk); they are kept until
-   then without their records. The reports are asked for `concurrency` at a time (read-only), so the
-   next ones arrive while one is applied. Polling honours Retry-After, until `verwerkt` or until `poll_budget`
-   seconds of waiting are spent in this run; what is left is read back on the next run. Per `regel`:
+5. The deliveries posted in this run are kept without their records until their reports are read:
+   at the start of each later chunk, those whose report may be ready (asked once, without waiting;
+   a delivery still in processing is asked again after its Retry-After), and all the rest in
+   `finish()`, which the engine calls after its last chunk and which waits for them. Reading them
+   as they come keeps the work of the last chunk small (and the due work each chunk streams
+   through), instead of applying every report of a long run at its end. The reports are asked for
+   `concurrency` at a time (read-only), so the next ones arrive while one is applied. Waiting honours
+   Retry-After, until `verwerkt` or until `poll_budget` seconds of waiting are spent in this run;
+   what is left is read back on the next run. Per `regel`:
    accepted (R000, R301) → confirmed; R900 → sent again later in a new delivery; R401 on an
    intrekking → done (nothing was held); every other rejection → parked with code and text.
 
@@ -70,6 +74,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -215,6 +220,7 @@ class DuoRegisterTarget:
             retry=RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max))
         self._waited = 0.0                # seconds this run spent waiting for reports (poll_budget)
         self._opened: dict[str, list[_Open]] = {}    # deliveries open at the register, polled in finish()
+        self._ask_at: dict[str, float] = {}          # ... when to ask for each one's report (time.monotonic)
         self._codes: dict[str, str] = {}              # record id → microcredential code (RIO disabled only)
         self._units: dict[str, Eenheid | str] = {}   # per deliver() call: unit code → reference or reason
 
@@ -255,6 +261,7 @@ class DuoRegisterTarget:
             await self._poll(earlier, ledger)
         if orphans:
             await self._reconcile(orphans, ledger, why="the ledger does not say which delivery holds it")
+        await self._read_ready(ledger)     # posted in earlier chunks of this run: what is processed by now
         entries: list[_Entry] = []
         held: Counter[str] = Counter()
         for item in items:
@@ -280,9 +287,11 @@ class DuoRegisterTarget:
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None       # TargetUnavailable, ShutdownRequested: as raised
         finally:
-            for levering_id, group_items in opened.items():  # polled after the last chunk (finish())
+            asked = time.monotonic()     # read at the start of the next chunk, or in finish()
+            for levering_id, group_items in opened.items():
                 # extend: one delivery's items may come in several chunks
                 self._opened.setdefault(levering_id, []).extend((_slim(item), sent) for item, sent in group_items)
+                self._ask_at.setdefault(levering_id, asked)
                 if not self.rio_enabled:                       # for the R102 text: which unit went by own key
                     self._codes.update((item.key, item.record.microcredential.code)
                                        for item, _ in group_items if item.record is not None)
@@ -290,7 +299,7 @@ class DuoRegisterTarget:
     async def finish(self, ledger: Ledger) -> None:
         """After the last deliver() of a run: read the reports of every delivery still open, waiting
         for them (honouring Retry-After) at most `poll_budget` seconds; the rest is read next run."""
-        opened, self._opened = self._opened, {}
+        opened, self._opened, self._ask_at = self._opened, {}, {}
         await self._poll(opened, ledger)
 
     # 2. recovery ------------------------------------------------------------------------------------
@@ -541,14 +550,7 @@ class DuoRegisterTarget:
         due = dict.fromkeys(opened, 0.0)   # when to ask next, in seconds from the start of this poll
         elapsed = 0.0
         while due:
-            ready = [lid for lid, at in due.items() if at <= elapsed]
-            answers = self._fetch_reports(ready)
-            try:
-                await self._read_reports(ready, answers, opened, due, elapsed, ledger)
-            finally:
-                for fetch in answers.values():      # a failure stops the rest: no request is left running
-                    fetch.cancel()
-                await asyncio.gather(*answers.values(), return_exceptions=True)
+            await self._ask([lid for lid, at in due.items() if at <= elapsed], opened, due, elapsed, ledger)
             if not due:
                 return
             wake = min(due.values())
@@ -559,6 +561,33 @@ class DuoRegisterTarget:
             await self._sleep(wake - elapsed)
             self._waited += wake - elapsed
             elapsed = wake
+
+    async def _read_ready(self, ledger: Ledger) -> None:
+        """Between chunks: read the reports of this run's deliveries that are due to be asked, once
+        each and without waiting; one still in processing is asked again after its Retry-After (or
+        `poll_interval`), at a later chunk or in finish()."""
+        now = time.monotonic()
+        ready = [lid for lid, at in self._ask_at.items() if at <= now]
+        if not ready:
+            return
+        due = dict.fromkeys(ready, 0.0)
+        await self._ask(ready, self._opened, due, 0.0, ledger)
+        for levering_id in ready:
+            if levering_id in due:           # still in processing: seconds from now until it may be done
+                self._ask_at[levering_id] = now + due[levering_id]
+            else:                            # its report is applied (or the register no longer knows it)
+                del self._opened[levering_id], self._ask_at[levering_id]
+
+    async def _ask(self, ready: list[str], opened: dict[str, list[_Open]], due: dict[str, float], elapsed: float,
+                   ledger: Ledger) -> None:
+        """Ask once for the reports of `ready` deliveries and apply those processed (see _read_reports)."""
+        answers = self._fetch_reports(ready)
+        try:
+            await self._read_reports(ready, answers, opened, due, elapsed, ledger)
+        finally:
+            for fetch in answers.values():      # a failure stops the rest: no request is left running
+                fetch.cancel()
+            await asyncio.gather(*answers.values(), return_exceptions=True)
 
     def _fetch_reports(self, levering_ids: list[str]) -> dict[str, asyncio.Future[Answer]]:
         """Ask for these deliveries' reports, `concurrency` at a time (read-only requests): while one
