@@ -80,11 +80,6 @@ def _q(name: str) -> str:
 
 
 #: The fields the register checks, as ElementPath in Clark notation (built once: a delivery holds 1,000 records)
-_PATHS = {path: "/".join(_q(part) for part in path.split("/"))
-          for path in ("deelnemer/bsn", "deelnemer/onderwijsnummer", "opleidingseenheidcode",
-                       "eigenOpleidingseenheidSleutel", "studielast", "datumBehaald")}
-
-
 def _elfproef(number: str) -> bool:
     if not re.fullmatch(r"[0-9]{9}", number) or number == "000000000":
         return False
@@ -403,10 +398,10 @@ class DuoRegisterSimulator:
 
     def _register(self, delivery: _Delivery, volgnummer: int, el: etree._Element) -> _Regel:
         record_id = el.get("recordId")
-        signals = self._checks(el)
+        content = _content(el)
+        signals = self._checks(dict(content))
         if signals:
             return _Regel(volgnummer, record_id, "afgekeurd", _signals(*signals))
-        content = _content(el)
         current = self._registry.get(record_id)
         if current is not None and current.status == "geregistreerd" and current.content == content:
             return _Regel(volgnummer, record_id, "geaccepteerd", _signals("R301"))
@@ -414,13 +409,12 @@ class DuoRegisterSimulator:
                                                  etree.tostring(el), content)
         return _Regel(volgnummer, record_id, "geaccepteerd", _signals("R000"))
 
-    def _checks(self, el: etree._Element) -> list[str]:
-        def text(path: str) -> str | None:
-            found = el.find(_PATHS[path])
-            return None if found is None else (found.text or "").strip()
-
+    def _checks(self, fields: dict[str, str]) -> list[str]:
+        """The register's content rules over a schema-valid `<resultaat>`'s fields (`_content`: by local
+        name, which the schema makes unique within a resultaat)."""
+        text = fields.get
         signals = []
-        bsn, onderwijsnummer = text("deelnemer/bsn"), text("deelnemer/onderwijsnummer")
+        bsn, onderwijsnummer = text("bsn"), text("onderwijsnummer")
         if bsn is not None:
             if not _elfproef(bsn):
                 signals.append("R002")
