@@ -183,6 +183,36 @@ def test_with_during_planning_off_the_lanes_start_after_planning(inst, monkeypat
     awards_once(inst)
 
 
+def test_planning_waits_while_a_lane_works_off_a_backlog_above_max_backlog(inst, monkeypatch, caplog) -> None:
+    inst.config = with_delivery(inst.config, max_backlog=1)
+    monkeypatch.setattr(engine_module, "BATCH", 2)
+    monkeypatch.setattr(engine_module, "BACKLOG_CHECK", 0.0)      # look after every batch
+    with caplog.at_level(logging.DEBUG, logger="mcsync.engine"):
+        engine, report = run(inst)
+    assert report.exit_code == EXIT_OK and len(engine.lane_pids) == 2
+    waits = [r for r in caplog.records if getattr(r, "event", None) == "backlog"]
+    assert waits and all(r.getMessage().startswith("planning waited") for r in waits)   # none gave up
+    assert {r.target for r in waits} <= {"edubadges", "rio", "duo"}
+    awards_once(inst)
+
+
+def test_planning_stops_waiting_for_a_lane_whose_backlog_does_not_shrink(inst, monkeypatch, caplog) -> None:
+    inst.config = with_delivery(inst.config, max_backlog=1)
+    monkeypatch.setattr(engine_module, "BATCH", 2)
+    monkeypatch.setattr(engine_module, "BACKLOG_CHECK", 0.0)
+    monkeypatch.setattr(engine_module, "BACKLOG_PATIENCE", 0.05)  # less than a lane process takes to start
+    with caplog.at_level(logging.DEBUG, logger="mcsync.engine"):
+        engine, report = run(inst)
+    assert report.exit_code == EXIT_OK
+    events = [(r.target, r.getMessage()) for r in caplog.records if getattr(r, "event", None) == "backlog"]
+    given_up = [target for target, message in events if message.startswith("planning no longer waits")]
+    assert given_up and len(given_up) == len(set(given_up))        # once per target
+    for target in given_up:                                         # ... and not waited for after that
+        gave_up_at = next(i for i, (t, m) in enumerate(events) if t == target and "no longer" in m)
+        assert all(t != target for t, _ in events[gave_up_at:][1:])
+    awards_once(inst)
+
+
 def _slowed(read_source):
     """Reading takes a while (as a large export does), so that the lanes deliver in several passes."""
     def slow(self, *args, **kwargs):

@@ -131,6 +131,11 @@ class DeliverySettings(BaseModel):
                                   "delivering what is planned so far; a record that occurs in several rows "
                                   "of one run (a resit) may then reach a target in an earlier version first, "
                                   "corrected later in the same run. false: delivery starts after planning")
+    max_backlog: int = Field(
+        default=20_000, ge=0,
+        description="back-pressure while planning goes on beside delivery processes: planning waits while a "
+                    "process has more than this many items pending for one of its targets and is working them "
+                    "off, so that a slower target has no long tail after planning; 0: planning never waits")
 
     @field_validator("processes")
     @classmethod

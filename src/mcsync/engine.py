@@ -27,7 +27,8 @@ One run, in order:
    depends on are done (the DUO register waits for RIO, whose unit codes it needs; Edubadges starts at
    once). With a large backlog, groups of targets that do not wait for each other are delivered in
    processes of their own, a CPU core each (`mcsync.lanes`; `[delivery]` settings); such a process may
-   start during step 3 and deliver what is planned so far. Ledger steps that need not be durable at
+   start during step 3 and deliver what is planned so far, and step 3 then waits while a process
+   works off a backlog above `delivery.max_backlog` (back-pressure, `Engine._hold_back`). Ledger steps that need not be durable at
    once are committed in groups (see `StateStore.deferred_commits`). Each target gets its due work (pending, in_flight, submitted) in chunks with the
    latest records, and records every step through its ledger (see mcsync.targets.base for the
    crash-safety rule). A target that is down (`TargetUnavailable`) is stopped for this run with
@@ -82,6 +83,10 @@ log = logging.getLogger("mcsync.engine")
 
 BATCH = 1000
 DELIVERY_CHUNK = 2000
+#: Back-pressure from delivery lanes during planning (`Engine._hold_back`): how often planning looks at
+#: their backlogs, and how long a backlog may stay as it is before planning stops waiting for it.
+BACKLOG_CHECK = 0.5
+BACKLOG_PATIENCE = 5.0
 
 EXIT_OK = 0
 EXIT_NEEDS_PERSON = 1
@@ -210,6 +215,8 @@ class Engine:
         self._lane_plan: tuple[list[list[str]], int] | None = None   # (groups, at most this many processes)
         self._lanes: list[lanes.LaneProcess] = []   # lane processes of the run in hand
         self._lanes_checked = 0.0
+        self._backlog_checked = 0.0                         # back-pressure (_hold_back)
+        self._not_waited_for: set[str] = set()              # ... targets whose backlog stopped shrinking
         self.lane_pids: list[int] = []              # delivery processes started by this engine
 
     # ------------------------------------------------------------------ targets
@@ -268,6 +275,7 @@ class Engine:
              since: date | None, until: date | None, kind: str, full: bool) -> RunReport:
         report.run_id = self.store.start_run("dry-run" if dry_run else kind)
         self._lanes, self._lanes_checked = [], 0.0
+        self._backlog_checked, self._not_waited_for = 0.0, set()
         self._lane_plan = None if dry_run else self._plan_lanes(only_targets)
         try:
             if dry_run:
@@ -505,6 +513,7 @@ class Engine:
                     self._map_batch(rows, mapping, report, stats, problems, base)
                     rows = []
                     self._start_lanes(report, planning=True)
+                    self._hold_back()
         except Exception as exc:  # an adapter bug or an unreadable export must not stop the other sources
             complete = False
             log.exception("source %s stopped while reading", source.name, extra={"source": source.name})
@@ -723,6 +732,41 @@ class Engine:
             self.lane_pids.append(lane.pid)
             log.info("delivering to %s in process %d%s", ", ".join(group), lane.pid,
                      " while planning goes on" if planning else "", extra={"event": "lane_started"})
+
+    def _hold_back(self) -> None:
+        """Back-pressure from the lanes started during planning (checked at most every BACKLOG_CHECK
+        seconds): while a lane has more than `delivery.max_backlog` items pending for one of its
+        targets and keeps working them off, planning waits. The two share the CPU cores, so a lane
+        that falls behind would otherwise be left with a long tail once planning is over, with a core
+        idle. A lane whose backlog does not shrink for BACKLOG_PATIENCE seconds (its remote is slow or
+        refuses, it waits for a retry, it ended) is not waited for again in this run."""
+        bound = self.config.settings.delivery.max_backlog
+        if not bound or not self._lanes or time.monotonic() - self._backlog_checked < BACKLOG_CHECK:
+            return
+        for lane in self._lanes:
+            for name in lane.targets:
+                if name in self._not_waited_for:
+                    continue
+                waited, since, least = 0.0, time.monotonic(), None
+                while not self.stop.is_set() and lane.running:
+                    pending = self.store.count_in_state(name, DeliveryState.PENDING)
+                    if pending <= bound:
+                        break
+                    if least is None or pending < least:
+                        least, since = pending, time.monotonic()
+                    elif time.monotonic() - since > BACKLOG_PATIENCE:
+                        self._not_waited_for.add(name)
+                        log.info("planning no longer waits for %s: %d items pending, none taken in %.1f s",
+                                 name, pending, time.monotonic() - since, extra={"target": name, "event": "backlog"})
+                        break
+                    time.sleep(0.05)
+                    waited += 0.05
+                else:
+                    waited = 0.0                  # stopping, or the lane ended: no need to say
+                if waited and name not in self._not_waited_for:
+                    log.debug("planning waited %.2f s for %s (back-pressure)", waited, name,
+                              extra={"target": name, "event": "backlog"})
+        self._backlog_checked = time.monotonic()
 
     async def _await_lane(self, process: lanes.LaneProcess, report: RunReport) -> None:
         lane = process.targets

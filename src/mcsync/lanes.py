@@ -155,6 +155,11 @@ class LaneProcess:
     def returncode(self) -> int | None:
         return self.process.returncode
 
+    @property
+    def running(self) -> bool:
+        """Still delivering: it has not reported its outcome, and has not ended."""
+        return not self._finished.is_set() and self.process.poll() is None
+
     def _receive(self) -> None:
         """Reader thread: every message is handled as it comes, in order, until the pipe ends."""
         try:
