@@ -745,28 +745,29 @@ class Engine:
             return
         for lane in self._lanes:
             for name in lane.targets:
-                if name in self._not_waited_for:
-                    continue
-                waited, since, least = 0.0, time.monotonic(), None
-                while not self.stop.is_set() and lane.running:
-                    pending = self.store.count_in_state(name, DeliveryState.PENDING)
-                    if pending <= bound:
-                        break
-                    if least is None or pending < least:
-                        least, since = pending, time.monotonic()
-                    elif time.monotonic() - since > BACKLOG_PATIENCE:
-                        self._not_waited_for.add(name)
-                        log.info("planning no longer waits for %s: %d items pending, none taken in %.1f s",
-                                 name, pending, time.monotonic() - since, extra={"target": name, "event": "backlog"})
-                        break
-                    time.sleep(0.05)
-                    waited += 0.05
-                else:
-                    waited = 0.0                  # stopping, or the lane ended: no need to say
-                if waited and name not in self._not_waited_for:
-                    log.debug("planning waited %.2f s for %s (back-pressure)", waited, name,
-                              extra={"target": name, "event": "backlog"})
+                if name not in self._not_waited_for:
+                    self._wait_for_backlog(lane, name, bound)
         self._backlog_checked = time.monotonic()
+
+    def _wait_for_backlog(self, lane: lanes.LaneProcess, name: str, bound: int) -> None:
+        """Until `lane` has at most `bound` items pending for target `name` (see `_hold_back`)."""
+        started = time.monotonic()
+        least, since = None, started            # the smallest backlog seen, and when it was first seen
+        while not self.stop.is_set() and lane.running:
+            pending = self.store.count_in_state(name, DeliveryState.PENDING)
+            if pending <= bound:
+                if least is not None:                    # it had to shrink first: say how long we waited
+                    log.debug("planning waited %.2f s for %s (back-pressure)", time.monotonic() - started, name,
+                              extra={"target": name, "event": "backlog"})
+                return
+            if least is None or pending < least:
+                least, since = pending, time.monotonic()
+            elif time.monotonic() - since > BACKLOG_PATIENCE:
+                self._not_waited_for.add(name)
+                log.info("planning no longer waits for %s: %d items pending, none taken in %.1f s",
+                         name, pending, time.monotonic() - since, extra={"target": name, "event": "backlog"})
+                return
+            time.sleep(0.05)
 
     async def _await_lane(self, process: lanes.LaneProcess, report: RunReport) -> None:
         lane = process.targets

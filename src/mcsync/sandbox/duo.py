@@ -79,7 +79,6 @@ def _q(name: str) -> str:
     return f"{{{NS}}}{name}"
 
 
-#: The fields the register checks, as ElementPath in Clark notation (built once: a delivery holds 1,000 records)
 def _elfproef(number: str) -> bool:
     if not re.fullmatch(r"[0-9]{9}", number) or number == "000000000":
         return False

@@ -28,10 +28,10 @@ answer late or answer something else) and `fail_introspection()`; they inspect w
 from __future__ import annotations
 
 import base64
-import os
 import binascii
 import fnmatch
 import json
+import os
 import re
 import secrets
 import threading

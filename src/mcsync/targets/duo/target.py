@@ -219,7 +219,7 @@ class DuoRegisterTarget:
             key_file=settings.key_file, transport=transport, sleep=self._sleep,
             retry=RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max))
         self._waited = 0.0                # seconds this run spent waiting for reports (poll_budget)
-        self._opened: dict[str, list[_Open]] = {}    # deliveries open at the register, polled in finish()
+        self._opened: dict[str, list[_Open]] = {}    # this run's deliveries whose reports are not read yet
         self._ask_at: dict[str, float] = {}          # ... when to ask for each one's report (time.monotonic)
         self._codes: dict[str, str] = {}              # record id → microcredential code (RIO disabled only)
         self._units: dict[str, Eenheid | str] = {}   # per deliver() call: unit code → reference or reason
